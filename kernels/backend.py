@@ -1,0 +1,90 @@
+"""Explicit backend selection for the memory-attention ops.
+
+``torch``  : the fp32 PyTorch reference (:mod:`infllm_kernels.reference`); runs anywhere.
+``triton`` : the fused Triton kernels; on CUDA, or on CPU through the Triton interpreter
+             (``TRITON_INTERPRET=1`` set before triton is first imported).
+``auto``   : triton on CUDA, torch otherwise.
+
+The choice is logged. Asking for ``triton`` where it cannot run raises :class:`BackendError`; nothing
+falls back silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import reference
+
+log = logging.getLogger("infllm.backend")
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot run here."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The three ops of the memory path; see :mod:`infllm_kernels.reference` for shapes."""
+
+    name: str
+    memory_attention: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    attention_mass: Callable[..., torch.Tensor]
+    topk_blocks: Callable[..., torch.Tensor]
+
+
+TORCH = Backend(
+    name="torch",
+    memory_attention=reference.memory_attention_ref,
+    attention_mass=reference.attention_mass_ref,
+    topk_blocks=reference.topk_blocks_ref,
+)
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_backend() -> Backend:
+    from . import triton_ops  # imported lazily: triton is only needed when asked for
+
+    return Backend(
+        name="triton",
+        memory_attention=triton_ops.memory_attention,
+        attention_mass=triton_ops.attention_mass,
+        topk_blocks=triton_ops.topk_blocks,
+    )
+
+
+def select_backend(name: str, device: torch.device | str) -> Backend:
+    """Resolve ``auto|torch|triton`` for ``device`` and log the choice."""
+    device = torch.device(device)
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "triton" if device.type == "cuda" else "torch"
+        reason = f"auto on {device.type}"
+    else:
+        reason = "requested"
+    if name == "torch":
+        log.info("attention backend: torch (%s)", reason)
+        return TORCH
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        raise BackendError(f"backend 'triton' needs the triton package ({exc}); use --backend torch") from None
+    if device.type == "cpu" and not triton_interpreter_enabled():
+        raise BackendError(
+            "backend 'triton' on CPU needs the Triton interpreter: set TRITON_INTERPRET=1 before starting, "
+            "or use --backend torch"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise BackendError(f"backend 'triton' cannot run on device {device.type!r}; use --backend torch")
+    log.info("attention backend: triton (%s%s)", reason, ", interpreter" if device.type == "cpu" else "")
+    return _triton_backend()

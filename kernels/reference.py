@@ -1,0 +1,152 @@
+"""Pure-PyTorch fp32 reference for the memory-attention path.
+
+These functions define the contract the Triton kernels implement, and they are the ``torch`` backend.
+Everything is computed in float32; outputs are cast back to the query dtype where noted.
+
+Notation
+--------
+H      query heads;  Hkv  key/value heads (H % Hkv == 0, GQA group G = H // Hkv)
+L      queries in the chunk;  D  head dimension
+Nl     local-window keys; the chunk's queries are the last L of them (bottom-right causal alignment:
+       query i sees local key j iff j <= i + Nl - L)
+Ni     initial tokens attended from memory (0 while they are still inside the local window)
+NB     block-store capacity in blocks;  bs  block size;  K  retrieved blocks;  R  representative keys per block
+
+Memory tokens (initial tokens and retrieved blocks) are seen by every query of the chunk without a mask,
+through ``q_mem`` (queries rotated at the fixed memory distance); local keys through ``q_local``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _grouped(q: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """[H, L, D] -> [Hkv, G*L, D] fp32, grouping the query heads that share a KV head (no K/V repeat)."""
+    h, l, d = q.shape
+    return q.float().reshape(n_kv, (h // n_kv) * l, d)
+
+
+def local_causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor:
+    """[L, Nl] bool, True where query i may see local key j (bottom-right aligned causal mask)."""
+    i = torch.arange(n_queries, device=device)[:, None]
+    j = torch.arange(n_keys, device=device)[None, :]
+    return j <= i + (n_keys - n_queries)
+
+
+def gather_memory(
+    k_init: torch.Tensor,
+    v_init: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    block_idx: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate [initial tokens | retrieved blocks] into contiguous memory keys/values.
+
+    Parameters
+    ----------
+    k_init, v_init : [Hkv, Ni, D]
+    k_blocks, v_blocks : [NB, Hkv, bs, D]
+    block_idx : [K] integer indices into the block store
+
+    Returns
+    -------
+    k_mem, v_mem : [Hkv, Ni + K*bs, D]
+    """
+    n_kv, _, d = k_init.shape
+    idx = block_idx.to(device=k_blocks.device, dtype=torch.long)
+    kb = k_blocks.index_select(0, idx).transpose(0, 1).reshape(n_kv, -1, d)
+    vb = v_blocks.index_select(0, idx).transpose(0, 1).reshape(n_kv, -1, d)
+    return torch.cat([k_init, kb.to(k_init.device)], dim=1), torch.cat([v_init, vb.to(v_init.device)], dim=1)
+
+
+def memory_attention_ref(
+    q_local: torch.Tensor,
+    q_mem: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    k_init: torch.Tensor,
+    v_init: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    block_idx: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One softmax over [initial tokens | retrieved blocks | local window].
+
+    Parameters
+    ----------
+    q_local, q_mem : [H, L, D]
+    k_local, v_local : [Hkv, Nl, D], Nl >= L
+    k_init, v_init : [Hkv, Ni, D]
+    k_blocks, v_blocks : [NB, Hkv, bs, D]
+    block_idx : [K]
+    scale : softmax scale (usually D ** -0.5)
+
+    Returns
+    -------
+    out : [H, L, D] in q_local's dtype
+    lse : [H, L] float32, natural-log log-sum-exp of the scaled scores over every attended key
+    """
+    h, l, d = q_local.shape
+    n_kv, n_l, _ = k_local.shape
+    g = h // n_kv
+    k_mem, v_mem = gather_memory(k_init, v_init, k_blocks, v_blocks, block_idx)
+    s_loc = torch.bmm(_grouped(q_local, n_kv), k_local.float().transpose(1, 2)) * scale  # [Hkv, G*L, Nl]
+    s_loc = s_loc.view(n_kv, g, l, n_l)
+    s_loc = s_loc.masked_fill(~local_causal_mask(l, n_l, q_local.device), float("-inf"))
+    s_mem = torch.bmm(_grouped(q_mem, n_kv), k_mem.float().transpose(1, 2)) * scale  # [Hkv, G*L, Nm]
+    s_mem = s_mem.view(n_kv, g, l, -1)
+    lse = torch.logsumexp(torch.cat([s_mem, s_loc], dim=-1), dim=-1)  # [Hkv, G, L]
+    p_loc = torch.exp(s_loc - lse[..., None]).view(n_kv, g * l, n_l)
+    p_mem = torch.exp(s_mem - lse[..., None]).view(n_kv, g * l, -1)
+    out = torch.bmm(p_loc, v_local.float()) + torch.bmm(p_mem, v_mem.float())
+    return out.view(h, l, d).to(q_local.dtype), lse.reshape(h, l)
+
+
+def attention_mass_ref(q_local: torch.Tensor, k_local: torch.Tensor, lse: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention each local key received from the chunk, summed over queries and heads.
+
+    Parameters
+    ----------
+    q_local : [H, L, D];  k_local : [Hkv, Nl, D];  lse : [H, L] from :func:`memory_attention_ref`
+
+    Returns
+    -------
+    mass : [Nl] float32, sum over h, i of softmax probability p[h, i, j] (causally masked)
+    """
+    h, l, _ = q_local.shape
+    n_kv, n_l, _ = k_local.shape
+    s = torch.bmm(_grouped(q_local, n_kv), k_local.float().transpose(1, 2)) * scale
+    s = s.view(n_kv, h // n_kv, l, n_l) - lse.float().view(n_kv, h // n_kv, l, 1)
+    p = torch.exp(s).masked_fill(~local_causal_mask(l, n_l, q_local.device), 0.0)
+    return p.sum(dim=(0, 1, 2))
+
+
+def block_scores_ref(q_mean: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """Relevance of every stored block to a query chunk.
+
+    Parameters
+    ----------
+    q_mean : [H, D] the chunk's memory queries averaged over the chunk
+    repr_keys : [NB, Hkv, R, D] representative keys (rows >= n_blocks are ignored)
+    n_blocks : blocks in use
+
+    Returns
+    -------
+    scores : [n_blocks] float32, sum over heads h and representatives r of q_mean[h] . repr[b, kv(h), r]
+    """
+    h, d = q_mean.shape
+    n_kv = repr_keys.shape[1]
+    qg = q_mean.float().view(n_kv, h // n_kv, d).sum(dim=1)  # [Hkv, D]: GQA without repeating keys
+    reps = repr_keys[:n_blocks].float().sum(dim=2)  # [n, Hkv, D]
+    return torch.einsum("nkd,kd->n", reps, qg.to(reps.device))
+
+
+def topk_blocks_ref(q_mean: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, k: int) -> torch.Tensor:
+    """Indices (ascending) of the ``min(k, n_blocks)`` most relevant blocks, int64 [K]."""
+    k = min(k, n_blocks)
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long, device=repr_keys.device)
+    scores = block_scores_ref(q_mean, repr_keys, n_blocks)
+    return torch.topk(scores, k).indices.sort().values
