@@ -1,0 +1,117 @@
+"""Per-token negative log-likelihood of a text, overall and by position bucket.
+
+The text streams through a :class:`~infllm_cli.runner.Runner` chunk by chunk; each chunk's logits are
+turned into NLL sums per bucket at once, so memory stays bounded whatever the length. The logits of a
+chunk's last position score the first token of the next chunk.
+
+Buckets are by target position (the index of the predicted token in the stream): 0-256, 256-512,
+512-1K, 1K-2K, 2K-4K, then doubling to the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .config import MemoryConfig
+from .models import LoadedModel
+from .runner import Runner
+
+
+def bucket_edges(n_tokens: int) -> list[int]:
+    """Bucket boundaries covering positions ``0 .. n_tokens``: 0, 256, 512, 1K, 2K, 4K, 8K, ... n_tokens."""
+    edges = [0, 256, 512]
+    while edges[-1] < n_tokens:
+        edges.append(edges[-1] * 2)
+    edges = [e for e in edges if e < n_tokens] + [n_tokens]
+    return edges
+
+
+@dataclass
+class PerplexityResult:
+    tokens: int
+    attention: str
+    config: dict[str, Any]
+    nll_sum: float = 0.0
+    count: int = 0
+    bucket_sums: dict[int, float] = field(default_factory=dict)  # bucket start -> NLL sum
+    bucket_counts: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def nll(self) -> float:
+        return self.nll_sum / self.count if self.count else float("nan")
+
+    def buckets(self) -> list[dict[str, float]]:
+        edges = bucket_edges(self.tokens)
+        rows = []
+        for start, end in zip(edges[:-1], edges[1:]):
+            n = self.bucket_counts.get(start, 0)
+            if n:
+                nll = self.bucket_sums[start] / n
+                rows.append({"start": start, "end": end, "nll": nll, "ppl": math.exp(nll)})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "nll": self.nll,
+            "ppl": math.exp(self.nll) if self.count else float("nan"),
+            "attention": self.attention,
+            "config": self.config,
+            "buckets": self.buckets(),
+        }
+
+
+def perplexity(
+    loaded: LoadedModel,
+    tokens: Iterable[int],
+    memory: MemoryConfig,
+    attention: str = "infllm",
+    backend: str = "auto",
+    max_tokens: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> PerplexityResult:
+    """Stream ``tokens`` (at most ``max_tokens``) and accumulate next-token NLL by bucket."""
+    runner = Runner(loaded, memory, attention=attention, backend=backend)
+    config = {"backend": backend, **memory.to_dict()} if attention != "dense" else {"chunk_size": memory.chunk_size}
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    total, n = 0.0, 0
+    prev_logits: torch.Tensor | None = None
+    edges: list[int] = [0, 256, 512]
+
+    def limited(it: Iterable[int]) -> Iterable[int]:
+        for i, tok in enumerate(it):
+            if max_tokens is not None and i >= max_tokens:
+                return
+            yield tok
+
+    pos = 0  # stream index of the chunk's first token
+    for chunk in runner.chunks(limited(tokens)):
+        logits = runner.forward(chunk, logits_to_keep=0).float()  # [n, V]
+        if prev_logits is not None:
+            logits = torch.cat([prev_logits[None], logits])
+            targets = torch.tensor(chunk, device=logits.device)
+            first_target = pos
+        else:
+            targets = torch.tensor(chunk[1:], device=logits.device)
+            first_target = 1
+        nll = torch.nn.functional.cross_entropy(logits[: len(targets)], targets, reduction="none").double().cpu()
+        prev_logits = logits[-1]
+        for i, value in enumerate(nll.tolist()):  # bucket by target position
+            t = first_target + i
+            while t >= edges[-1]:
+                edges.append(edges[-1] * 2)
+            start = max(e for e in edges if e <= t)
+            sums[start] = sums.get(start, 0.0) + value
+            counts[start] = counts.get(start, 0) + 1
+        total += float(nll.sum())
+        n += len(targets)
+        pos += len(chunk)
+        if on_progress is not None:
+            on_progress(pos)
+    return PerplexityResult(tokens=pos, attention=attention, config=config, nll_sum=total, count=n,
+                            bucket_sums=sums, bucket_counts=counts)

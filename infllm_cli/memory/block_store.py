@@ -1,0 +1,143 @@
+"""The block store of one layer: every evicted block's keys, values and representative keys.
+
+Blocks are immutable once written and only ever appended, so a snapshot of the store is just its block
+count, and restoring it is a truncation. Block ``b`` holds the tokens ``first_token + b*block_size`` up to
+(excluding) ``first_token + (b+1)*block_size`` of the stream, which later work uses to cite passages.
+
+With ``offload=True`` the keys and values live in host memory (pinned when the compute device is CUDA) and
+the retrieved blocks are copied into a small device-side cache of ``max_cached_block`` slots, least
+recently used first out. Representative keys always stay on the compute device: they are scored for
+every query chunk.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+
+class BlockStore:
+    """Growable ``[capacity, Hkv, block_size, D]`` key/value blocks plus ``[capacity, Hkv, R, D]`` representatives.
+
+    Parameters
+    ----------
+    n_kv_heads, head_dim, block_size, repr_topk : shapes
+    first_token : stream index of the first token of block 0 (``n_init``)
+    device, dtype : compute device and storage dtype
+    offload : keep keys/values in host memory, see module docstring
+    max_cached_block : device cache slots when offloaded
+    """
+
+    def __init__(
+        self,
+        n_kv_heads: int,
+        head_dim: int,
+        block_size: int,
+        repr_topk: int,
+        first_token: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        offload: bool = False,
+        max_cached_block: int = 32,
+    ) -> None:
+        self.block_size = block_size
+        self.first_token = first_token
+        self.device = device
+        self.offload = offload
+        self.n_blocks = 0
+        storage = torch.device("cpu") if offload else device
+        self._shape = (n_kv_heads, block_size, head_dim)
+        pin = offload and device.type == "cuda"
+        self.keys = torch.empty((0, *self._shape), dtype=dtype, device=storage, pin_memory=pin)
+        self.values = torch.empty_like(self.keys)
+        self.repr_keys = torch.empty((0, n_kv_heads, repr_topk, head_dim), dtype=dtype, device=device)
+        if offload:
+            self._slots_k = torch.empty((max_cached_block, *self._shape), dtype=dtype, device=device)
+            self._slots_v = torch.empty_like(self._slots_k)
+            self._slot_of: OrderedDict[int, int] = OrderedDict()  # block -> slot, least recent first
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[0]
+
+    def _grow(self, needed: int) -> None:
+        new_cap = max(needed, 2 * self.capacity, 16)
+        for name in ("keys", "values", "repr_keys"):
+            old = getattr(self, name)
+            new = torch.empty((new_cap, *old.shape[1:]), dtype=old.dtype, device=old.device,
+                              pin_memory=old.is_pinned())
+            new[: self.n_blocks] = old[: self.n_blocks]
+            setattr(self, name, new)
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, repr_keys: torch.Tensor) -> None:
+        """Append blocks. ``keys``/``values``: [n, Hkv, bs, D]; ``repr_keys``: [n, Hkv, R, D]."""
+        n = keys.shape[0]
+        if self.n_blocks + n > self.capacity:
+            self._grow(self.n_blocks + n)
+        sl = slice(self.n_blocks, self.n_blocks + n)
+        self.keys[sl] = keys.to(self.keys.device, non_blocking=True)
+        self.values[sl] = values.to(self.values.device, non_blocking=True)
+        self.repr_keys[sl] = repr_keys
+        self.n_blocks += n
+
+    def truncate(self, n_blocks: int) -> None:
+        """Forget every block from ``n_blocks`` on (restore a snapshot)."""
+        if n_blocks > self.n_blocks:
+            raise ValueError(f"cannot truncate a store of {self.n_blocks} blocks to {n_blocks}")
+        self.n_blocks = n_blocks
+        if self.offload:
+            for b in [b for b in self._slot_of if b >= n_blocks]:
+                del self._slot_of[b]
+
+    def span(self, block: int) -> tuple[int, int]:
+        """Stream token range ``[start, end)`` that block ``block`` came from."""
+        start = self.first_token + block * self.block_size
+        return start, start + self.block_size
+
+    def device_blocks(self, block_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Key/value tensors on the compute device and indices into them for the selected blocks.
+
+        Without offload this is the store itself and ``block_idx`` unchanged (the kernel gathers by
+        index). With offload, missing blocks are copied into LRU cache slots.
+        """
+        if not self.offload:
+            return self.keys, self.values, block_idx
+        wanted = block_idx.tolist()
+        free = [s for s in range(self._slots_k.shape[0]) if s not in set(self._slot_of.values())]
+        slots = []
+        for b in wanted:
+            if b in self._slot_of:
+                self._slot_of.move_to_end(b)
+            else:
+                if free:
+                    slot = free.pop()
+                else:  # evict the least recently used block not needed now
+                    victim = next(v for v in self._slot_of if v not in wanted)
+                    slot = self._slot_of.pop(victim)
+                self._slots_k[slot].copy_(self.keys[b], non_blocking=True)
+                self._slots_v[slot].copy_(self.values[b], non_blocking=True)
+                self._slot_of[b] = slot
+            slots.append(self._slot_of[b])
+        idx = torch.tensor(slots, dtype=torch.long, device=self.device)
+        return self._slots_k, self._slots_v, idx
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        n = self.n_blocks
+        return {
+            "n_blocks": n,
+            "first_token": self.first_token,
+            "keys": self.keys[:n].cpu(),
+            "values": self.values[:n].cpu(),
+            "repr_keys": self.repr_keys[:n].cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n_blocks = 0
+        if self.offload:
+            self._slot_of.clear()
+        if state["first_token"] != self.first_token:
+            raise ValueError("saved memory was built with another n_init")
+        if state["n_blocks"]:
+            self.append(state["keys"].to(self.keys.dtype), state["values"].to(self.keys.dtype),
+                        state["repr_keys"].to(self.device, self.repr_keys.dtype))

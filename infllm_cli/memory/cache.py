@@ -1,0 +1,176 @@
+"""InfLLM's memory as a transformers ``Cache``, and the attention function that reads it.
+
+Integration goes through transformers' public extension points only:
+
+* :class:`ContextMemory` is a ``Cache`` whose layers are :class:`MemoryCacheLayer` objects. The model calls
+  ``past_key_values.update(k, v, layer_idx)``; the new keys/values are handed back unchanged (the memory
+  is updated by the attention itself, one query chunk at a time).
+* :func:`infllm_attention` is registered in ``AttentionInterface`` under the name ``"infllm"``. It gets the
+  memory through the ``infllm_memory`` keyword argument, which transformers forwards from the model call to
+  every attention layer. No mask function is registered, so transformers passes ``attention_mask=None`` and
+  builds no mask; masking (bottom-right causal) is done by the memory kernels.
+
+Use :func:`attention_implementation` to switch a loaded model to ``"infllm"`` for the duration of a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from infllm_kernels.backend import Backend
+
+from ..config import MemoryConfig
+from .layer_memory import LayerMemory
+from .rope import RotaryTable
+
+ATTENTION_NAME = "infllm"
+
+
+class MemoryCacheLayer(CacheLayerMixin):
+    """Adapter that lets a :class:`LayerMemory` sit in a transformers ``Cache``."""
+
+    is_sliding = False
+
+    def __init__(self, memory: LayerMemory) -> None:
+        super().__init__()
+        self.memory = memory
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return self.memory.n_seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.memory.n_seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class ContextMemory(Cache):
+    """The InfLLM context memory of a whole model: one :class:`LayerMemory` per attention layer.
+
+    Parameters
+    ----------
+    config : memory knobs
+    n_layers, n_kv_heads, head_dim : the model's attention shape
+    rope : rotary table (from the model's own rotary embedding)
+    backend : attention ops
+    device, dtype : compute device and storage dtype
+    keep_blocks : False for the streaming (sink + window) baseline
+    """
+
+    def __init__(
+        self,
+        config: MemoryConfig,
+        n_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        rope: RotaryTable,
+        backend: Backend,
+        device: torch.device,
+        dtype: torch.dtype,
+        keep_blocks: bool = True,
+    ) -> None:
+        memories = [
+            LayerMemory(config, n_kv_heads, head_dim, rope, backend, device, dtype, keep_blocks)
+            for _ in range(n_layers)
+        ]
+        super().__init__(layers=[MemoryCacheLayer(m) for m in memories])
+        self.config = config
+        self.memories = memories
+
+    @property
+    def n_seen(self) -> int:
+        return self.memories[0].n_seen
+
+    @property
+    def n_blocks(self) -> int:
+        return self.memories[0].store.n_blocks
+
+    def block_spans(self) -> list[tuple[int, int]]:
+        """Stream token range ``[start, end)`` of every stored block (the same for every layer)."""
+        store = self.memories[0].store
+        return [store.span(b) for b in range(store.n_blocks)]
+
+    def block_store_bytes(self) -> int:
+        total = 0
+        for m in self.memories:
+            s = m.store
+            per_block = s.keys[0].numel() * s.keys.element_size() * 2 + s.repr_keys[0].numel() * s.repr_keys.element_size()
+            total += per_block * s.n_blocks
+        return total
+
+    # snapshot / restore: cheap, because blocks are append-only ------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state needed to come back here later (window copies and block counts, not the blocks)."""
+        return {"layers": [m.state_dict() for m in self.memories], "blocks": [m.store.n_blocks for m in self.memories]}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Return to ``snapshot``, taken earlier on this memory (later blocks are forgotten)."""
+        for m, layer_state, n_blocks in zip(self.memories, snapshot["layers"], snapshot["blocks"]):
+            m.load_state_dict(layer_state, n_blocks)
+
+    # persistence: everything, blocks included -----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "layers": [m.state_dict() for m in self.memories],
+            "stores": [m.store.state_dict() for m in self.memories],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if MemoryConfig(**state["config"]) != self.config:
+            raise ValueError("saved memory was built with another memory configuration")
+        if len(state["layers"]) != len(self.memories):
+            raise ValueError("saved memory has another number of layers")
+        for m, layer_state, store_state in zip(self.memories, state["layers"], state["stores"]):
+            m.load_state_dict(layer_state, store_state)
+
+
+def infllm_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    infllm_memory: ContextMemory | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: ``query`` [1, H, L, D], ``key``/``value`` [1, Hkv, L, D] -> [1, L, H, D]."""
+    if infllm_memory is None:
+        raise RuntimeError("the 'infllm' attention needs the model to be called with infllm_memory=<ContextMemory>")
+    if query.shape[0] != 1:
+        raise ValueError(f"the InfLLM memory reads one stream at a time (batch size 1), got batch {query.shape[0]}")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = infllm_memory.memories[module.layer_idx].attend(query[0], key[0], value[0], scale)
+    return out.transpose(0, 1).unsqueeze(0), None
+
+
+AttentionInterface.register(ATTENTION_NAME, infllm_attention)
+
+
+@contextlib.contextmanager
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Run the enclosed calls with ``model.config._attn_implementation = name``, restored afterwards."""
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
