@@ -7,7 +7,7 @@ Llama-3-8B-Instruct and Mistral-7B-Instruct-v0.2):
 ``n_init``          initial tokens ("attention sinks") kept for good and attended by every query
 ``n_local``         local window: every query sees at least the ``n_local`` tokens before it at their true
                     relative positions (eviction into blocks is block-granular, so up to
-                    ``n_local + block_size + exc_block_size - 1`` tokens can be in the window)
+                    :attr:`MemoryConfig.max_window` tokens can be in the window)
 ``block_size``      tokens per memory block
 ``topk``            memory blocks retrieved for each query chunk
 ``repr_topk``       representative keys per block, used to score a block against a query chunk
@@ -81,8 +81,9 @@ class MemoryConfig:
 
     @property
     def max_window(self) -> int:
-        """Largest number of local-window keys a query can see (block-granular eviction)."""
-        return self.n_local + self.block_size + self.exc_block_size - 1
+        """Largest number of local-window keys a query can see: eviction is block-granular, and before the
+        first eviction the initial tokens are still in the window."""
+        return self.n_init + self.n_local + self.block_size + self.exc_block_size - 1
 
     @property
     def memory_distance(self) -> int:

@@ -44,7 +44,7 @@ class LayerMemory:
     ----------
     config : memory knobs
     n_kv_heads, head_dim : the layer's key/value shape
-    rope : shared rotary table covering ``config.max_window + config.n_init`` positions
+    rope : shared rotary table covering ``config.max_window + 1`` positions
     backend : attention ops
     device, dtype : compute device and storage dtype
     keep_blocks : False for the streaming baseline (evicted blocks are dropped, never retrieved)
@@ -67,7 +67,7 @@ class LayerMemory:
         self.keep_blocks = keep_blocks and config.topk > 0
         self.n_seen = 0
         self.local_start = 0
-        cap = config.n_init + config.n_local + config.block_size + config.exc_block_size
+        cap = config.max_window + 1
         shape = (n_kv_heads, cap, head_dim)
         self.k_raw = torch.zeros(shape, dtype=dtype, device=device)
         self.k_rot = torch.zeros(shape, dtype=dtype, device=device)

@@ -1,0 +1,114 @@
+"""The per-layer memory on its own: retrieval from a million-token memory, eviction, snapshots, persistence."""
+
+from __future__ import annotations
+
+import torch
+
+from infllm_cli.config import MemoryConfig
+from infllm_cli.memory.block_store import BlockStore
+from infllm_cli.memory.cache import ContextMemory
+from infllm_cli.memory.layer_memory import LayerMemory
+from infllm_cli.memory.rope import RotaryTable
+from infllm_kernels.backend import TORCH
+
+
+class IdentityRotary(torch.nn.Module):
+    """A rotary module of head dim 16 with base 10000 (stands in for a model's)."""
+
+    def forward(self, x, position_ids):
+        inv = 1.0 / (10000 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+        freqs = position_ids[..., None].float() * inv
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def make_layer(config: MemoryConfig, n_kv: int = 2, d: int = 16) -> LayerMemory:
+    rope = RotaryTable(IdentityRotary(), config.max_window + 1, torch.device("cpu"))
+    return LayerMemory(config, n_kv, d, rope, TORCH, torch.device("cpu"), torch.float32)
+
+
+def test_needle_block_retrieved_from_a_million_tokens():
+    """A block whose keys align with the query is found among 8,192 blocks (1,048,576 tokens)."""
+    config = MemoryConfig(n_init=128, n_local=4096, block_size=128, topk=16, repr_topk=4, exc_block_size=512)
+    layer = make_layer(config)
+    g = torch.Generator().manual_seed(0)
+    n_blocks, n_kv, d = 8192, 2, 16
+    store = layer.store
+    keys = torch.randn(n_blocks, n_kv, 128, d, generator=g) * 0.3
+    values = torch.randn(n_blocks, n_kv, 128, d, generator=g)
+    needle_dir = torch.randn(d, generator=g)
+    needle = 5321
+    keys[needle, :, 40:44] = needle_dir * 3.0  # four tokens carry the needle
+    reps = torch.gather(keys, 2, keys.norm(dim=-1).topk(4, dim=-1).indices[..., None].expand(-1, -1, -1, d))
+    store.append(keys, values, reps)
+    assert store.n_blocks * config.block_size >= 1_000_000
+    q_mem = needle_dir.expand(4, 8, d).clone()  # 4 query heads, 8 queries, all looking for the needle
+    _, _, idx = layer._retrieve(q_mem)
+    assert needle in idx.tolist()
+    assert len(idx) == config.topk
+    assert store.span(needle) == (128 + needle * 128, 128 + (needle + 1) * 128)
+
+
+def feed_random(layer: LayerMemory, n: int, seed: int, step: int = 7) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    outs = []
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        q, k, v = torch.randn(4, m, 16, generator=g), torch.randn(2, m, 16, generator=g), torch.randn(2, m, 16, generator=g)
+        outs.append(layer.attend(q, k, v, 0.25))
+    return torch.cat(outs, dim=1)
+
+
+def test_eviction_keeps_window_bounded_and_blocks_contiguous():
+    config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5, chunk_size=5)
+    layer = make_layer(config)
+    feed_random(layer, 300, seed=1)
+    assert layer.n_seen == 300
+    assert config.n_local <= layer.n_local <= config.max_window
+    assert layer.k_init.shape[1] == 3
+    # every token is either initial, in a block or in the window, exactly once
+    assert config.n_init + layer.store.n_blocks * config.block_size == layer.local_start
+    assert layer.k_raw.shape[1] == config.max_window + 1
+
+
+def test_snapshot_restore_and_fork_by_persistence():
+    config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5, chunk_size=5)
+    rope = RotaryTable(IdentityRotary(), config.max_window + 1, torch.device("cpu"))
+    memory = ContextMemory(config, 2, 2, 16, rope, TORCH, torch.device("cpu"), torch.float32)
+    for layer in memory.memories:
+        feed_random(layer, 120, seed=2)
+    snap = memory.snapshot()
+    saved = memory.state_dict()
+    first = [feed_random(layer, 60, seed=3) for layer in memory.memories]
+    assert memory.n_blocks > snap["blocks"][0]
+    memory.restore(snap)
+    again = [feed_random(layer, 60, seed=3) for layer in memory.memories]
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    fresh = ContextMemory(config, 2, 2, 16, rope, TORCH, torch.device("cpu"), torch.float32)
+    fresh.load_state_dict(saved)
+    assert fresh.block_spans() == [(3 + 8 * b, 11 + 8 * b) for b in range(fresh.n_blocks)]
+    third = [feed_random(layer, 60, seed=3) for layer in fresh.memories]
+    for a, b in zip(first, third):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_offloaded_store_matches_device_store():
+    config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5,
+                          chunk_size=5, offload=True, max_cached_block=3)
+    on_device = make_layer(config.replace(offload=False))
+    offloaded = make_layer(config)
+    a = feed_random(on_device, 200, seed=4)
+    b = feed_random(offloaded, 200, seed=4)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert len(offloaded.store._slot_of) <= 3
+
+
+def test_block_store_grows_and_truncates():
+    store = BlockStore(2, 4, 8, 2, first_token=0, device=torch.device("cpu"), dtype=torch.float32)
+    for i in range(40):
+        store.append(torch.full((1, 2, 8, 4), float(i)), torch.zeros(1, 2, 8, 4), torch.zeros(1, 2, 2, 4))
+    assert store.n_blocks == 40 and store.capacity >= 40
+    assert float(store.keys[17, 0, 0, 0]) == 17.0  # growth kept the data
+    store.truncate(10)
+    assert store.n_blocks == 10
