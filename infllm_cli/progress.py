@@ -1,0 +1,193 @@
+"""Progress on stderr (rich), and the CLI's logging setup.
+
+Progress is drawn only when stderr is a terminal and ``--quiet`` is off; otherwise every call here is a
+no-op, so piping or redirecting never gets control sequences. Generation gets no live display when
+stdout is the same terminal (it would tear the streamed answer).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+_HANDLER_MARK = "_infllm_cli_handler"
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except Exception:
+        return False
+
+
+class _Formatter(logging.Formatter):
+    """``message`` for info, ``warning: message`` for warnings, ``debug [logger]: message`` for debug."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            text = f"error: {msg}"
+        elif record.levelno >= logging.WARNING:
+            text = f"warning: {msg}"
+        elif record.levelno >= logging.INFO:
+            text = msg
+        else:
+            text = f"debug [{record.name}]: {msg}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes through a rich console, so that log lines and live progress do not garble each other."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            style = "yellow" if record.levelno >= logging.WARNING else ("dim" if record.levelno < logging.INFO else None)
+            self.console.print(Text(text, style=style or ""), highlight=False, soft_wrap=True)
+        except Exception:  # pragma: no cover
+            self.handleError(record)
+
+
+def make_console(stream: TextIO | None = None) -> Console:
+    stream = stream if stream is not None else sys.stderr
+    return Console(file=stream, stderr=stream is sys.stderr, highlight=False, soft_wrap=True)
+
+
+def setup_logging(*, quiet: bool = False, verbose: bool = False, debug: bool = False, console: Console | None = None) -> Console:
+    """Configure the ``infllm`` loggers once per invocation, to the current stderr.
+
+    Default: the CLI's own status lines (``infllm.cli``, INFO) and warnings from everything else;
+    ``--verbose``: INFO from every ``infllm`` logger; ``--debug``: DEBUG; ``--quiet``: errors only.
+    """
+    console = console or make_console()
+    root = logging.getLogger("infllm")
+    for h in list(root.handlers):
+        if getattr(h, _HANDLER_MARK, False):
+            root.removeHandler(h)
+    handler: logging.Handler
+    if _isatty(console.file):
+        handler = _ConsoleHandler(console)
+    else:
+        handler = logging.StreamHandler(console.file)
+    handler.setFormatter(_Formatter())
+    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(handler)
+    root.propagate = False
+    if debug:
+        level, cli_level = logging.DEBUG, logging.DEBUG
+    elif quiet:
+        level, cli_level = logging.ERROR, logging.ERROR
+    elif verbose:
+        level, cli_level = logging.INFO, logging.INFO
+    else:
+        level, cli_level = logging.WARNING, logging.INFO
+    root.setLevel(level)
+    logging.getLogger("infllm.cli").setLevel(cli_level)
+    if not debug:
+        # transformers and friends: only errors, through their own handlers
+        for name in ("transformers", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    return console
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "tokens")
+        if not speed:
+            return Text("")
+        return Text(f"{speed:,.0f} {unit}/s", style="progress.data.speed")
+
+
+class _CountColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "tokens")
+        done = int(task.completed)
+        if task.total is None:
+            return Text(f"{done:,} {unit}")
+        return Text(f"{done:,}/{int(task.total):,} {unit}")
+
+
+class Reporter:
+    """Live progress lines on stderr; a no-op unless ``enabled``."""
+
+    def __init__(self, console: Console, *, enabled: bool, stdout_is_terminal: bool | None = None) -> None:
+        self.console = console
+        self.enabled = enabled and _isatty(console.file)
+        self.stdout_is_terminal = _isatty(sys.stdout) if stdout_is_terminal is None else stdout_is_terminal
+
+    @classmethod
+    def for_cli(cls, console: Console, *, quiet: bool) -> "Reporter":
+        return cls(console, enabled=not quiet)
+
+    @contextmanager
+    def task(self, description: str, *, total: int | None = None, unit: str = "tokens") -> Iterator[Callable[..., None]]:
+        """A live line while the block runs; yields ``update(completed, info=None)``."""
+        if not self.enabled:
+            yield lambda completed=0, info=None: None
+            return
+        columns: list[ProgressColumn] = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total is not None:
+            columns += [BarColumn(), _CountColumn(), _RateColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        else:
+            columns += [_CountColumn(), _RateColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
+        progress = Progress(*columns, console=self.console, transient=True, speed_estimate_period=10.0)
+        task_id = progress.add_task(description, total=total, unit=unit, info="")
+
+        def update(completed: int = 0, info: str | None = None) -> None:
+            if info is None:
+                progress.update(task_id, completed=completed)
+            else:
+                progress.update(task_id, completed=completed, info=info)
+
+        with progress:
+            yield update
+
+    @contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """A spinner while something without measurable progress runs (loading a model)."""
+        if not self.enabled:
+            yield
+            return
+        with self.console.status(message, spinner="dots"):
+            yield
+
+    @contextmanager
+    def generating(self, description: str = "generating") -> Iterator[Callable[[int], None]]:
+        """Token count while generating, only when the answer does not stream to the same terminal."""
+        if self.stdout_is_terminal:
+            yield lambda n: None
+            return
+        with self.task(description, unit="tokens") as update:
+            yield lambda n: update(n)
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,249 @@
+"""Token ids from a document's spans, without ever joining the whole document into one string.
+
+Spans are tokenized in bounded pieces (consecutive spans of the same file and section are batched up to
+``piece_chars`` characters; a longer span is cut after a newline or a space). Document text is tokenized
+*without* special tokens and with special-token strings split (a literal ``</s>`` or ``<|im_end|>`` in a
+document is text, never an end-of-turn marker). When a document has several files (a directory), each
+file's text is preceded by a header line ``File: <path>``.
+
+The ids of a read document are kept in a compact ``array('l')`` (8 bytes a token), together with the
+token offsets where sections and files start, which ``summarize`` uses to work section by section.
+"""
+
+from __future__ import annotations
+
+import logging
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from .errors import InputError, ModelError
+from .sources.base import Document, ReadReport, Span
+
+log = logging.getLogger("infllm.tokens")
+
+PIECE_CHARS = 32_768
+"""Most characters tokenized in one call."""
+
+UNIT_NAMES = {"pdf": "pages", "directory": "files", "epub": "chapters"}
+
+
+class Encoder(Protocol):
+    """Something that turns text into token ids (no special tokens added)."""
+
+    description: str
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+class HFEncoder:
+    """A Hugging Face tokenizer used for document text: no special tokens added, special strings split."""
+
+    exact = True
+
+    def __init__(self, tokenizer: Any, description: str = "model tokenizer") -> None:
+        self.tokenizer = tokenizer
+        self.description = description
+        self._split_ok = True
+
+    def encode(self, text: str) -> list[int]:
+        if self._split_ok:
+            try:
+                return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"])
+            except TypeError:  # a slow tokenizer without split_special_tokens
+                self._split_ok = False
+        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def load_tokenizer(name_or_path: str, *, local_files_only: bool = False) -> Any:
+    """Load only the tokenizer of ``name_or_path`` (a local directory or a hub id).
+
+    Raises :class:`ModelError` with a one-line message when it cannot be loaded.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
+    except Exception as exc:  # transformers raises OSError/ValueError/... with multi-line messages
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {first}") from exc
+
+
+@dataclass
+class Segment:
+    """A run of consecutive spans with the same file and section, and where its tokens start."""
+
+    title: str | None
+    path: str
+    start: int  # token offset of the first token
+    end: int = 0  # token offset after the last token
+    first_location: str = ""
+    last_location: str = ""
+
+    @property
+    def tokens(self) -> int:
+        return self.end - self.start
+
+    def locations(self) -> str:
+        if not self.first_location or self.first_location == self.last_location:
+            return self.first_location
+        return f"{self.first_location} - {self.last_location}"
+
+
+@dataclass
+class DocumentTokens:
+    """A document read into token ids (``ids`` is empty when only counting)."""
+
+    name: str
+    kind: str
+    report: ReadReport
+    ids: array = field(default_factory=lambda: array("l"))
+    count: int = 0
+    segments: list[Segment] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line saying how much was read, e.g. ``read 1,234 tokens from 12 pages (1 without text) of a.pdf``."""
+        return describe_read(self.name, self.kind, self.report, self.count)
+
+
+def describe_read(name: str, kind: str, report: ReadReport, tokens: int) -> str:
+    units = UNIT_NAMES.get(kind)
+    text = f"read {tokens:,} tokens"
+    if units and report.units:
+        text += f" from {report.units:,} {units if report.units != 1 else units[:-1]}"
+        if report.units_without_text:
+            text += f" ({report.units_without_text:,} without text)"
+        text += " of"
+    else:
+        text += f" ({report.chars:,} characters) from"
+    text += f" {name}"
+    if report.skipped:
+        text += f"; skipped {len(report.skipped):,} file{'s' if len(report.skipped) != 1 else ''}"
+    return text
+
+
+def _cut(text: str, limit: int) -> Iterator[str]:
+    """``text`` in pieces of at most ``limit`` characters, cut after a newline (run) or a space if possible."""
+    start = 0
+    n = len(text)
+    while n - start > limit:
+        window_end = start + limit
+        cut = text.rfind("\n", start + limit // 2, window_end)
+        if cut >= 0:
+            cut += 1
+            while cut < n and cut < window_end + 64 and text[cut] == "\n":
+                cut += 1
+        else:
+            cut = text.rfind(" ", start + limit // 2, window_end)
+            cut = cut + 1 if cut >= 0 else window_end
+        yield text[start:cut]
+        start = cut
+    if start < n:
+        yield text[start:]
+
+
+@dataclass
+class Piece:
+    """A bounded run of text within one segment: ``first``/``last`` are the spans it starts and ends in."""
+
+    text: str
+    first: Span
+    last: Span
+    new_segment: bool
+
+
+def pieces(document: Document, *, piece_chars: int = PIECE_CHARS) -> Iterator[Piece]:
+    """The document's text in bounded pieces, in reading order.
+
+    A new segment starts whenever the file (``Span.path``) or the section (``Span.section``) changes;
+    a piece never spans two segments.
+    """
+    multi_file = document.kind == "directory"
+    current: tuple[str, str | None] | None = None
+    buf: list[str] = []
+    buf_len = 0
+    first: Span | None = None
+    last: Span | None = None
+    new_segment = False
+    last_path: str | None = None
+    ended_newline = True
+
+    def flush() -> Iterator[Piece]:
+        nonlocal buf, buf_len, first, last, new_segment
+        if buf and first is not None and last is not None:
+            for part in _cut("".join(buf), piece_chars):
+                yield Piece(part, first, last, new_segment)
+                new_segment = False
+        buf, buf_len, first, last = [], 0, None, None
+
+    for span in document.spans():
+        if not span.text:
+            continue
+        key = (span.path, span.section)
+        if key != current:
+            yield from flush()
+            current = key
+            new_segment = True
+            sep = "\n" if last_path is not None and not ended_newline else ""
+            if multi_file and span.path != last_path:
+                sep += ("\n" if last_path is not None else "") + f"File: {span.path}\n"
+            if sep:
+                buf.append(sep)
+                buf_len += len(sep)
+            last_path = span.path
+        elif buf and not buf[-1].endswith(("\n", " ")):
+            buf.append("\n")
+            buf_len += 1
+        if first is None:
+            first = span
+        last = span
+        buf.append(span.text)
+        buf_len += len(span.text)
+        ended_newline = span.text.endswith("\n")
+        if buf_len >= piece_chars:
+            yield from flush()
+    yield from flush()
+
+
+def too_many_tokens(name: str, max_tokens: int) -> InputError:
+    return InputError(
+        f"{name} has more than {max_tokens:,} tokens; raise --max-tokens or pass a smaller part of it"
+    )
+
+
+def read_tokens(
+    document: Document,
+    encoder: Encoder,
+    *,
+    max_tokens: int | None = None,
+    keep_ids: bool = True,
+    on_progress: Callable[[int, ReadReport], None] | None = None,
+    piece_chars: int = PIECE_CHARS,
+) -> DocumentTokens:
+    """Read ``document`` into token ids (or only count them with ``keep_ids=False``).
+
+    Raises :class:`InputError` as soon as more than ``max_tokens`` tokens have been seen, and when the
+    document has no text at all.
+    """
+    out = DocumentTokens(name=document.name, kind=document.kind, report=document.report)
+    for piece in pieces(document, piece_chars=piece_chars):
+        ids = encoder.encode(piece.text)
+        if piece.new_segment or not out.segments:
+            if out.segments:
+                out.segments[-1].end = out.count
+            span = piece.first
+            out.segments.append(Segment(title=span.section, path=span.path, start=out.count, first_location=span.location()))
+        out.segments[-1].last_location = piece.last.location()
+        out.count += len(ids)
+        if max_tokens is not None and out.count > max_tokens:
+            raise too_many_tokens(document.name, max_tokens)
+        if keep_ids:
+            out.ids.extend(ids)
+        if on_progress is not None:
+            on_progress(out.count, document.report)
+    if out.segments:
+        out.segments[-1].end = out.count
+    if out.count == 0:
+        raise InputError(f"{document.name}: no text to read")
+    log.debug("read %s tokens in %d segments", out.count, len(out.segments))
+    return out
