@@ -1,0 +1,279 @@
+"""Directories and code repositories: every readable file, in a stable order, each under a header.
+
+Walking (done when the directory is opened, without reading whole files):
+
+* ``.gitignore`` rules are honoured with git's semantics through ``pathspec.GitIgnoreSpec``: each
+  ``.gitignore`` applies to its own directory and below, with patterns relative to that directory; deeper
+  files take precedence, and within a file the last matching pattern wins, so negations (``!keep.log``)
+  re-include files -- but, as in git, nothing inside an ignored directory (ignored directories are not
+  entered). ``.infllmignore`` files work the same way (after ``.gitignore`` in the same directory, so
+  they can override it), and ``.git/info/exclude`` applies at the root. ``.git``, ``.hg`` and ``.svn``
+  are always skipped.
+* Symbolic links to directories are not followed (no loops); links to files are read.
+* Binary files are skipped and listed (bare relative paths) in ``report.skipped``, with the reason in
+  :attr:`DirectoryDocument.skip_reasons`: known binary extensions, NUL bytes or many control characters
+  in the first 8 KiB, zip archives. PDF and EPUB files are read with their own readers; HTML files are
+  read as source text (in repositories they are templates and pages whose markup matters).
+* Size limits: text files over ``max_file_bytes`` (default 5 MiB) are skipped with a warning; when the
+  files to read add up to more than ``max_bytes`` (default 200 MiB), opening raises
+  :class:`~infllm_cli.errors.InputError` naming ``--max-bytes``.
+
+Order: files are read sorted by their relative POSIX path compared byte-wise (UTF-8), the order of
+``git ls-files`` -- e.g. ``a-b.txt``, ``a/x.py``, ``a0.txt``, ``b.py``. Each file starts with a header span
+whose text is ``"==> path/to/file.py <==\\n"`` (as ``head`` prints several files) and whose ``path`` and
+``section`` are the relative path; the file's own spans follow with the same ``path`` (EPUB chapters:
+``book.epub#chapter.xhtml``), and ``section`` is the file's own section (Markdown heading, PDF outline
+entry) or else the relative path. Every file's text ends with a newline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from dataclasses import dataclass
+from typing import Iterator
+
+import pathspec
+
+from ..errors import InputError
+from .base import ReadReport, Span
+from .common import LOG, human_bytes, one_line, warn
+from .epub import EpubDocument
+from .pdf import PdfDocument
+from .sniff import SNIFF_BYTES, binary_reason, has_binary_extension, is_pdf, is_zip, text_kind, zip_is_epub
+from .text import TextDocument
+
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024
+ALWAYS_SKIPPED = frozenset({".git", ".hg", ".svn"})
+IGNORE_FILES = (".gitignore", ".infllmignore")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file the directory reader will read: relative POSIX path, absolute path, size, reader kind."""
+
+    rel: str
+    path: str
+    size: int
+    kind: str  # "text", "markdown", "rst", "code", "pdf" or "epub"
+
+
+def header(rel: str) -> str:
+    """The text of the span that introduces file ``rel``."""
+    return f"==> {rel} <==\n"
+
+
+class DirectoryDocument:
+    """A directory opened for reading (see the module docstring).
+
+    Parameters
+    ----------
+    root
+        The directory.
+    name
+        Display name for messages (defaults to ``root``).
+    max_bytes
+        Limit on the total size of the files to read (default :data:`DEFAULT_MAX_BYTES`).
+    max_file_bytes
+        Text files larger than this are skipped with a warning.
+    password
+        Passed to encrypted PDFs found in the tree.
+    """
+
+    kind = "directory"
+
+    def __init__(self, root: str | os.PathLike[str], *, name: str | None = None, max_bytes: int | None = None,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, password: str | None = None) -> None:
+        self.root = os.fspath(root)
+        self.name = name or self.root
+        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        self.max_file_bytes = max_file_bytes
+        self.password = password
+        self.report = ReadReport()
+        self.files: list[FileEntry] = []
+        self.ignored: list[str] = []
+        self.skip_reasons: dict[str, str] = {}
+        self._too_large: list[str] = []
+        self._scan()
+        self._open_warnings = list(self.report.warnings)
+        self._open_skipped = list(self.report.skipped)
+        total = sum(entry.size for entry in self.files)
+        if total > self.max_bytes:
+            raise InputError(
+                f"{self.name}: the files to read total {human_bytes(total)}, over the limit of {human_bytes(self.max_bytes)}; "
+                "raise it with --max-bytes or exclude files with .gitignore/.infllmignore"
+            )
+        if not any(entry.size for entry in self.files):
+            raise self._nothing_readable()
+        self.report.units = len(self.files)
+
+    def _nothing_readable(self) -> InputError:
+        skipped, ignored = len(self.report.skipped), len(self.ignored)
+        return InputError(f"{self.name}: no readable text files ({skipped + ignored} skipped: "
+                          f"{skipped} binary/unreadable, {ignored} ignored)")
+
+    # -- walking -------------------------------------------------------------------------------------
+    def _skip(self, rel: str, reason: str, warning: bool = False) -> None:
+        self.report.skipped.append(rel)
+        self.skip_reasons[rel] = reason
+        if warning:
+            warn(self.report, f"{self.name}: skipped {rel}: {reason}")
+        else:
+            LOG.info("%s: skipped %s: %s", self.name, rel, reason)
+
+    def _load_rules(self, abs_dir: str, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
+        lines: list[str] = []
+        sources = [os.path.join(abs_dir, ".git", "info", "exclude")] if not rel_dir else []
+        sources += [os.path.join(abs_dir, name) for name in IGNORE_FILES]
+        for source in sources:
+            try:
+                with open(source, "rb") as fh:
+                    lines += fh.read(1 << 20).decode("utf-8", "replace").splitlines()
+            except OSError:
+                continue
+        if not lines:
+            return None
+        try:
+            return pathspec.GitIgnoreSpec.from_lines(lines)
+        except Exception:  # a malformed pattern: keep the others
+            good = []
+            for line in lines:
+                try:
+                    pathspec.GitIgnoreSpec.from_lines([line])
+                    good.append(line)
+                except Exception:
+                    warn(self.report, f"{self.name}: ignoring invalid pattern {line!r} in {rel_dir or '.'}/.gitignore")
+            return pathspec.GitIgnoreSpec.from_lines(good)
+
+    @staticmethod
+    def _is_ignored(rel: str, is_dir: bool, rules: list[tuple[str, pathspec.GitIgnoreSpec]]) -> bool:
+        for base, spec in reversed(rules):
+            sub = rel[len(base) + 1 :] if base else rel
+            result = spec.check_file(sub + "/" if is_dir else sub)
+            if result.include is not None:
+                return bool(result.include)
+        return False
+
+    def _scan(self) -> None:
+        pending: list[Iterator[tuple[str, str, bool, bool, list]]] = [self._entries("", self.root, [])]
+        while pending:
+            try:
+                rel, path, is_dir, is_link, rules = next(pending[-1])
+            except StopIteration:
+                pending.pop()
+                continue
+            if self._is_ignored(rel, is_dir, rules):
+                self.ignored.append(rel + "/" if is_dir else rel)
+            elif is_dir:
+                pending.append(self._entries(rel, path, rules))
+            elif is_link and os.path.isdir(path):
+                self._skip(rel, "symbolic link to a directory (not followed)")
+            else:
+                self._classify(rel, path)
+
+    def _entries(self, rel_dir: str, abs_dir: str, rules: list) -> Iterator[tuple[str, str, bool, bool, list]]:
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = list(it)
+        except OSError as exc:
+            if not rel_dir:
+                raise InputError(f"cannot read directory {self.name}: {one_line(exc.strerror or exc)}") from None
+            self._skip(rel_dir + "/", f"unreadable directory ({one_line(exc.strerror or exc)})", warning=True)
+            return
+        spec = self._load_rules(abs_dir, rel_dir)
+        rules = rules + [(rel_dir, spec)] if spec is not None else rules
+        keyed = []
+        for entry in entries:
+            if entry.name in ALWAYS_SKIPPED:
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                is_link = entry.is_symlink()
+            except OSError:
+                is_dir = is_link = False
+            keyed.append((os.fsencode(entry.name) + (b"/" if is_dir else b""), entry, is_dir, is_link))
+        keyed.sort(key=lambda item: item[0])
+        for _, entry, is_dir, is_link in keyed:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            yield rel, entry.path, is_dir, is_link, rules
+
+    def _classify(self, rel: str, path: str) -> None:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            self._skip(rel, f"unreadable ({one_line(exc.strerror or exc)})", warning=True)
+            return
+        if not stat.S_ISREG(info.st_mode):
+            self._skip(rel, "not a regular file")
+            return
+        if has_binary_extension(rel):
+            self._skip(rel, "binary (file extension)")
+            return
+        head = b""
+        if info.st_size:
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(SNIFF_BYTES)
+            except OSError as exc:
+                self._skip(rel, f"unreadable ({one_line(exc.strerror or exc)})", warning=True)
+                return
+        if is_pdf(head):
+            kind = "pdf"
+        elif is_zip(head):
+            if not (rel.lower().endswith(".epub") or zip_is_epub(path)):
+                self._skip(rel, "binary (zip archive)")
+                return
+            kind = "epub"
+        else:
+            reason = binary_reason(head)
+            if reason:
+                self._skip(rel, f"binary ({reason})")
+                return
+            kind = text_kind(rel)
+            kind = "code" if kind == "html" else kind
+            if info.st_size > self.max_file_bytes:
+                self._skip(rel, f"{human_bytes(info.st_size)}, over the {human_bytes(self.max_file_bytes)} limit for one file", warning=True)
+                return
+        self.files.append(FileEntry(rel, path, info.st_size, kind))
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _open(self, entry: FileEntry) -> TextDocument | PdfDocument | EpubDocument:
+        if entry.kind == "pdf":
+            return PdfDocument(entry.path, name=entry.rel, span_path=entry.rel, password=self.password)
+        if entry.kind == "epub":
+            return EpubDocument(entry.path, name=entry.rel, span_prefix=entry.rel)
+        return TextDocument.open(entry.path, name=entry.rel, kind=entry.kind, span_path=entry.rel, allow_empty=True)
+
+    def spans(self) -> Iterator[Span]:
+        """Yield, for each file in order, its header span then its spans (see the module docstring)."""
+        self.report.__init__(units=len(self.files), skipped=list(self._open_skipped),  # type: ignore[misc]
+                             warnings=list(self._open_warnings))
+        content = 0
+        for entry in self.files:
+            try:
+                doc = self._open(entry)
+            except (InputError, OSError) as exc:
+                self._skip(entry.rel, one_line(exc), warning=True)
+                continue
+            head = header(entry.rel)
+            self.report.chars += len(head)
+            yield Span(head, entry.rel, None, None, None, entry.rel)
+            last: Span | None = None
+            try:
+                for span in doc.spans():
+                    if last is not None:
+                        yield last
+                    last = dataclasses.replace(span, section=span.section or entry.rel)
+                    self.report.chars += len(span.text)
+                    content += len(span.text.strip())
+            except (InputError, OSError) as exc:
+                warn(self.report, f"{self.name}: {entry.rel}: {one_line(exc)}")
+            if last is not None:
+                yield last if last.text.endswith("\n") else dataclasses.replace(last, text=last.text + "\n")
+            self.report.warnings.extend(w for w in doc.report.warnings if w not in self.report.warnings)
+            if not doc.report.chars:
+                self.report.units_without_text += 1
+        if not content:
+            raise self._nothing_readable()

@@ -1,0 +1,274 @@
+"""PDF files through pypdf: one span per page, the outline (bookmarks) as sections.
+
+Opening (:class:`PdfDocument`) parses the file structure, decrypts it and reads the outline; the pages'
+text is extracted lazily by :meth:`PdfDocument.spans`, one :class:`Span` per page with text (``page`` is
+1-based; pages without text yield nothing and are counted in ``report.units_without_text``).
+
+* Damaged files are opened with ``strict=False`` so pypdf repairs what it can; when even that fails
+  (typically a truncated download: no cross-reference table, no trailer) a synthetic trailer is appended
+  so that pypdf rebuilds the table from the objects that survived. Problems pypdf logs are summarised in
+  ``report.warnings``. A file that cannot be read raises :class:`~infllm_cli.errors.PdfError`.
+* Encrypted files: the empty user password is tried first (owner-password-only files open silently),
+  then ``password``; otherwise :class:`PdfError` asks for ``--password``.
+* Sections: the innermost outline entry starting at or before the page.
+* A document without any extractable text raises :class:`NeedsOcrError` -- at opening when no page has
+  any font (a cheap, certain check), otherwise when the iteration ends.
+* Text normalisation: ``\\r`` to ``\\n``, trailing spaces stripped, at most two blank lines in a row,
+  ligatures (``ﬁ``) expanded, soft hyphens removed (joining the word parts around a line break); ordinary
+  hyphens at line ends are kept since removing them is not safe without a dictionary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from pypdf import PdfReader
+from pypdf.errors import DependencyError
+
+from ..errors import InputError, PdfError
+from .base import ReadReport, Span
+from .common import one_line, warn
+
+
+class NeedsOcrError(PdfError):
+    """No page has extractable text (a scanned document). A :class:`PdfError`, with the exit code of input
+    errors (3), where ``infllm_cli.errors`` documents "needs OCR"."""
+
+    exit_code = InputError.exit_code
+
+
+_LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"})
+_OBJ = re.compile(rb"(\d{1,10})\s+\d{1,5}\s+obj\b")
+
+
+def normalize_page_text(text: str) -> str:
+    """Light clean-up of extracted page text (see the module docstring); ``""`` for a blank page."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").translate(_LIGATURES)
+    text = re.sub(r"\xad[ \t]*\n[ \t]*", "", text).replace("\xad", "")
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    text = re.sub(r"\n{4,}", "\n\n\n", text).strip("\n")
+    return text + "\n" if text.strip() else ""
+
+
+class _PypdfLog(logging.Handler):
+    """Collects what pypdf logs (repairs, unsupported features) while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.messages.append(one_line(record.getMessage(), limit=160))
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        logger = logging.getLogger("pypdf")
+        logger.addHandler(self)
+        try:
+            yield
+        finally:
+            logger.removeHandler(self)
+
+
+@dataclass
+class _Entry:
+    title: str
+    start: int | None  # 0-based page index
+    children: list["_Entry"] = field(default_factory=list)
+
+
+def _outline(reader: PdfReader, items: list, depth: int = 0) -> list[_Entry]:
+    entries: list[_Entry] = []
+    for item in items:
+        if isinstance(item, list):
+            if depth < 64:
+                (entries[-1].children if entries else entries).extend(_outline(reader, item, depth + 1))
+            continue
+        try:
+            page = reader.get_destination_page_number(item)
+        except Exception:
+            page = None
+        title = " ".join(str(getattr(item, "title", "") or "").split())
+        entries.append(_Entry(title, page if isinstance(page, int) and page >= 0 else None))
+    for entry in entries:  # an entry without a page of its own starts with its first child
+        starts = [c.start for c in entry.children if c.start is not None]
+        if entry.start is None and starts:
+            entry.start = min(starts)
+    return [e for e in entries if e.start is not None]
+
+
+def _has_fonts(resources: object, depth: int = 0) -> bool:
+    if resources is None or depth > 4:
+        return False
+    res = resources.get_object()  # type: ignore[attr-defined]
+    fonts = res.get("/Font")
+    if fonts is not None and len(fonts.get_object()) > 0:
+        return True
+    xobjects = res.get("/XObject")
+    for xobj in (xobjects.get_object().values() if xobjects is not None else ()):
+        xobj = xobj.get_object()
+        if xobj.get("/Subtype") == "/Form" and _has_fonts(xobj.get("/Resources"), depth + 1):
+            return True
+    return False
+
+
+class PdfDocument:
+    """A PDF opened for reading (see the module docstring).
+
+    Parameters
+    ----------
+    source
+        A path, or a seekable binary stream (stdin spooled to a temporary file).
+    name
+        Display name for messages (defaults to the path).
+    span_path
+        ``Span.path`` (defaults to ``name``).
+    password
+        Tried after the empty password on encrypted files.
+
+    Raises
+    ------
+    PdfError
+        Unreadable, or encrypted without the right password.
+    NeedsOcrError
+        No page has any font, so no text can be extracted.
+    """
+
+    kind = "pdf"
+
+    def __init__(self, source: str | os.PathLike[str] | BinaryIO, *, name: str | None = None,
+                 span_path: str | None = None, password: str | None = None) -> None:
+        self.name = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<pdf>")
+        self.path = span_path if span_path is not None else self.name
+        self.report = ReadReport()
+        self.repaired = False
+        self._log = _PypdfLog()
+        with self._log.attached():
+            self._reader = self._open(source)
+            self._decrypt(password)
+            try:
+                self.page_count = len(self._reader.pages)
+            except Exception as exc:
+                raise self._corrupt(exc) from None
+            try:
+                self._outline = _outline(self._reader, list(self._reader.outline))
+            except Exception as exc:
+                self._outline = []
+                self._log.messages.append(f"outline unreadable: {one_line(exc, 160)}")
+        if self.page_count == 0:
+            raise PdfError(f"cannot read PDF {self.name}: it has no pages; the file may be corrupt or truncated")
+        self._open_warnings: list[str] = []
+        if self._log.messages:
+            what = "damaged PDF structure recovered" if self.repaired else "PDF structure problems repaired"
+            self._open_warnings.append(f"{self.name}: {what} ({len(self._log.messages)} problems, first: {self._log.messages[0]})")
+            self._log.messages.clear()
+        elif not self.has_text_layer():
+            raise NeedsOcrError(f"{self.name}: no extractable text (no page has any font: scanned images?); OCR is needed, e.g. ocrmypdf")
+        self.report = ReadReport(units=self.page_count)
+        for message in self._open_warnings:
+            warn(self.report, message)
+
+    def _corrupt(self, exc: BaseException) -> PdfError:
+        return PdfError(f"cannot read PDF {self.name}: {one_line(exc, 160)}; the file may be corrupt or truncated")
+
+    def _open(self, source: str | os.PathLike[str] | BinaryIO) -> PdfReader:
+        try:
+            return PdfReader(source, strict=False)
+        except OSError as exc:
+            raise InputError(f"cannot read {self.name}: {one_line(exc.strerror or exc)}") from None
+        except Exception as first:
+            try:
+                if isinstance(source, (str, os.PathLike)):
+                    with open(source, "rb") as fh:
+                        data = fh.read()
+                else:
+                    source.seek(0)
+                    data = source.read()
+            except OSError:
+                raise self._corrupt(first) from None
+            numbers = [int(n) for n in _OBJ.findall(data)]
+            if not numbers or b"%PDF-" not in data[:1024]:
+                raise self._corrupt(first) from None
+            patched = data + b"\ntrailer\n<< /Size %d >>\nstartxref\n0\n%%%%EOF\n" % (max(numbers) + 1)
+            try:
+                reader = PdfReader(io.BytesIO(patched), strict=False)
+                len(reader.pages)
+            except Exception:
+                raise self._corrupt(first) from None
+            self.repaired = True
+            self._log.messages.insert(0, one_line(first, 160))
+            return reader
+
+    def _decrypt(self, password: str | None) -> None:
+        reader = self._reader
+        if not reader.is_encrypted:
+            return
+        try:
+            opened = bool(reader.decrypt(""))
+            if not opened and password:
+                opened = bool(reader.decrypt(password))
+        except DependencyError:
+            raise PdfError(f"{self.name}: encrypted with AES, which needs the 'cryptography' package; install it (pip install cryptography)") from None
+        except Exception as exc:
+            raise PdfError(f"cannot decrypt {self.name}: {one_line(exc, 160)}; the file may be corrupt") from None
+        if opened:
+            return
+        if password is None:
+            raise PdfError(f"{self.name} is encrypted; pass its password with --password")
+        raise PdfError(f"{self.name}: wrong password; check the value given with --password")
+
+    def has_text_layer(self) -> bool:
+        """False only when no page has any font resource, so that no text can possibly be extracted."""
+        try:
+            return any(_has_fonts(page.get("/Resources")) for page in self._reader.pages)
+        except Exception:
+            return True  # unknown: let the extraction decide
+
+    def section_for(self, index: int) -> str | None:
+        """The innermost outline entry that starts at or before page ``index`` (0-based), or None."""
+        entries, title = self._outline, None
+        while entries:
+            started = [e for e in reversed(entries) if e.start is not None and e.start <= index]
+            if not started:
+                break
+            best = max(started, key=lambda e: e.start)  # type: ignore[arg-type, return-value]
+            title, entries = best.title or title, best.children
+        return title
+
+    def spans(self) -> Iterator[Span]:
+        """Yield one span per page with text, in page order (see the module docstring)."""
+        self.report.__init__(units=self.page_count)  # type: ignore[misc]
+        self.report.warnings.extend(self._open_warnings)
+        failed: list[tuple[int, str]] = []
+        for index in range(self.page_count):
+            try:
+                with self._log.attached():
+                    text = normalize_page_text(self._reader.pages[index].extract_text() or "")
+            except Exception as exc:
+                failed.append((index + 1, one_line(exc, 160)))
+                text = ""
+            if not text:
+                self.report.units_without_text += 1
+                continue
+            self.report.chars += len(text)
+            yield Span(text, self.path, index + 1, None, None, self.section_for(index))
+        if failed:
+            pages = ", ".join(str(page) for page, _ in failed[:10]) + (", ..." if len(failed) > 10 else "")
+            warn(self.report, f"{self.name}: text extraction failed on {len(failed)} pages ({pages}): {failed[0][1]}")
+        if self._log.messages:
+            warn(self.report, f"{self.name}: pypdf reported {len(self._log.messages)} problems while extracting text (first: {self._log.messages[0]})")
+            self._log.messages.clear()
+        empty, total = self.report.units_without_text, self.page_count
+        if self.report.chars == 0:
+            if self.repaired or len(failed) == total:
+                raise PdfError(f"cannot read PDF {self.name}: no text could be recovered; the file may be corrupt or truncated")
+            raise NeedsOcrError(f"{self.name}: no extractable text in {total} pages (scanned images?); OCR is needed, e.g. ocrmypdf")
+        if empty:
+            warn(self.report, f"{self.name}: {empty} of {total} pages have no extractable text (scanned images?)")
