@@ -37,6 +37,18 @@ class Backend:
     memory_attention: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     attention_mass: Callable[..., torch.Tensor]
     topk_blocks: Callable[..., torch.Tensor]
+    fused_attention_and_mass: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    def attention_and_mass(self, q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks,
+                           block_idx, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention output [H, L, D] and the mass [Nl] each local key received, in one call where the
+        backend can share the work (torch), else as the attention pass plus the mass pass (triton)."""
+        args = (q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks, block_idx, scale)
+        if self.fused_attention_and_mass is not None:
+            out, _, mass = self.fused_attention_and_mass(*args)
+            return out, mass
+        out, lse = self.memory_attention(*args)
+        return out, self.attention_mass(q_local, k_local, lse, scale)
 
 
 TORCH = Backend(
@@ -44,6 +56,7 @@ TORCH = Backend(
     memory_attention=reference.memory_attention_ref,
     attention_mass=reference.attention_mass_ref,
     topk_blocks=reference.topk_blocks_ref,
+    fused_attention_and_mass=reference.memory_attention_and_mass_ref,
 )
 
 

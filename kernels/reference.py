@@ -88,20 +88,52 @@ def memory_attention_ref(
     out : [H, L, D] in q_local's dtype
     lse : [H, L] float32, natural-log log-sum-exp of the scaled scores over every attended key
     """
+    out, lse, _ = memory_attention_and_mass_ref(
+        q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks, block_idx, scale, with_mass=False
+    )
+    return out, lse
+
+
+def memory_attention_and_mass_ref(
+    q_local: torch.Tensor,
+    q_mem: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    k_init: torch.Tensor,
+    v_init: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    block_idx: torch.Tensor,
+    scale: float,
+    with_mass: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`memory_attention_ref` and, from the same probabilities, :func:`attention_mass_ref`.
+
+    Returns ``out`` [H, L, D], ``lse`` [H, L] and ``mass`` [Nl] (``None`` unless ``with_mass``).
+    """
     h, l, d = q_local.shape
     n_kv, n_l, _ = k_local.shape
     g = h // n_kv
     k_mem, v_mem = gather_memory(k_init, v_init, k_blocks, v_blocks, block_idx)
-    s_loc = torch.bmm(_grouped(q_local, n_kv), k_local.float().transpose(1, 2)) * scale  # [Hkv, G*L, Nl]
+    s_loc = torch.bmm(_grouped(q_local, n_kv), k_local.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, Nl]
     s_loc = s_loc.view(n_kv, g, l, n_l)
-    s_loc = s_loc.masked_fill(~local_causal_mask(l, n_l, q_local.device), float("-inf"))
-    s_mem = torch.bmm(_grouped(q_mem, n_kv), k_mem.float().transpose(1, 2)) * scale  # [Hkv, G*L, Nm]
+    # keys before the last L are visible to every query: only the bottom-right L x L corner is masked
+    tail = s_loc[..., n_l - l :]
+    tail.masked_fill_(~local_causal_mask(l, l, q_local.device), float("-inf"))
+    s_mem = torch.bmm(_grouped(q_mem, n_kv), k_mem.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, Nm]
     s_mem = s_mem.view(n_kv, g, l, -1)
-    lse = torch.logsumexp(torch.cat([s_mem, s_loc], dim=-1), dim=-1)  # [Hkv, G, L]
-    p_loc = torch.exp(s_loc - lse[..., None]).view(n_kv, g * l, n_l)
-    p_mem = torch.exp(s_mem - lse[..., None]).view(n_kv, g * l, -1)
-    out = torch.bmm(p_loc, v_local.float()) + torch.bmm(p_mem, v_mem.float())
-    return out.view(h, l, d).to(q_local.dtype), lse.reshape(h, l)
+    m = s_loc.amax(dim=-1)  # finite: every query sees at least itself
+    if s_mem.shape[-1]:
+        m = torch.maximum(m, s_mem.amax(dim=-1))
+    e_loc = s_loc.sub_(m[..., None]).exp_()
+    e_mem = s_mem.sub_(m[..., None]).exp_()
+    z = e_loc.sum(dim=-1) + e_mem.sum(dim=-1)  # [Hkv, G, L]
+    lse = m + torch.log(z)
+    p_loc = e_loc.div_(z[..., None]).view(n_kv, g * l, n_l)
+    p_mem = e_mem.div_(z[..., None]).view(n_kv, g * l, -1)
+    out = torch.bmm(p_loc, v_local.float()).add_(torch.bmm(p_mem, v_mem.float()))
+    mass = p_loc.sum(dim=(0, 1)) if with_mass else None
+    return out.view(h, l, d).to(q_local.dtype), lse.reshape(h, l), mass
 
 
 def attention_mass_ref(q_local: torch.Tensor, k_local: torch.Tensor, lse: torch.Tensor, scale: float) -> torch.Tensor:

@@ -117,17 +117,18 @@ class LayerMemory:
         hi = lo + n_new
         self.k_raw[:, lo:hi] = k
         self.v[:, lo:hi] = v
-        self.k_rot[:, lo:hi] = self.rope.rotate(k, torch.arange(lo, hi, device=k.device))
+        self.k_rot[:, lo:hi] = self.rope.rotate(k, lo)
         self.mass[lo:hi] = 0
-        q_local = self.rope.rotate(q, torch.arange(lo, hi, device=q.device))
-        q_mem = self.rope.rotate(q, self.config.memory_distance)
+        q_local = self.rope.rotate(q, lo)
+        q_mem = self.rope.rotate(q, self.config.memory_distance, constant=True)
         k_blocks, v_blocks, block_idx = self._retrieve(q_mem)
-        out, lse = self.backend.memory_attention(
-            q_local, q_mem, self.k_rot[:, :hi], self.v[:, :hi], self.k_init, self.v_init,
-            k_blocks, v_blocks, block_idx, scale,
-        )
+        args = (q_local, q_mem, self.k_rot[:, :hi], self.v[:, :hi], self.k_init, self.v_init,
+                k_blocks, v_blocks, block_idx, scale)
         if self.keep_blocks:  # attention mass only matters for choosing representative keys
-            self.mass[:hi] += self.backend.attention_mass(q_local, self.k_rot[:, :hi], lse, scale)
+            out, mass = self.backend.attention_and_mass(*args)
+            self.mass[:hi] += mass
+        else:
+            out, _ = self.backend.memory_attention(*args)
         self.n_seen += n_new
         return out
 
@@ -167,7 +168,7 @@ class LayerMemory:
         self.k_raw[:, :keep] = self.k_raw[:, end : end + keep].clone()
         self.v[:, :keep] = self.v[:, end : end + keep].clone()
         self.mass[:keep] = self.mass[end : end + keep].clone()
-        self.k_rot[:, :keep] = self.rope.rotate(self.k_raw[:, :keep], torch.arange(keep, device=self.k_raw.device))
+        self.k_rot[:, :keep] = self.rope.rotate(self.k_raw[:, :keep], 0)
         self.local_start = first + n_blocks * bs
 
     # -- state -----------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ class LayerMemory:
         self.k_raw[:, :n] = state["k_raw"].to(dev)
         self.v[:, :n] = state["v"].to(dev)
         self.mass[:n] = state["mass"].to(dev)
-        self.k_rot[:, :n] = self.rope.rotate(self.k_raw[:, :n], torch.arange(n, device=dev))
+        self.k_rot[:, :n] = self.rope.rotate(self.k_raw[:, :n], 0)
         self.k_init = state["k_init"].to(dev)
         self.v_init = state["v_init"].to(dev)
         if isinstance(store_blocks, int):

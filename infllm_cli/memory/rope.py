@@ -28,11 +28,6 @@ def find_rotary_embedding(model: nn.Module) -> nn.Module:
     return rotary
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class RotaryTable:
     """Pure rotations R(p) for positions ``0 .. n_positions-1``, from a model's rotary embedding.
 
@@ -57,19 +52,21 @@ class RotaryTable:
         self.rotary_dim = cos.shape[-1]
         self.n_positions = n_positions
 
-    def rotate(self, x: torch.Tensor, positions: torch.Tensor | int) -> torch.Tensor:
-        """Rotate ``x`` [..., n, D] at ``positions`` ([n] tensor, or one int for all rows).
-
-        Returns a tensor of ``x``'s dtype; the arithmetic is done in float32.
-        """
-        if isinstance(positions, int):
-            if not 0 <= positions < self.n_positions:
-                raise IndexError(f"position {positions} outside the rotary table (0..{self.n_positions - 1})")
-            cos, sin = self.cos[positions], self.sin[positions]
-        else:
-            cos, sin = self.cos[positions], self.sin[positions]
+    def rotate(self, x: torch.Tensor, start: int, *, constant: bool = False) -> torch.Tensor:
+        """Rotate ``x`` [..., n, D]: row ``r`` at position ``start + r``, or every row at ``start`` when
+        ``constant``. Returns a new tensor of ``x``'s dtype; the arithmetic is done in float32."""
+        n = x.shape[-2]
+        end = start + (1 if constant else n)
+        if start < 0 or end > self.n_positions:
+            raise IndexError(f"positions {start}..{end - 1} outside the rotary table (0..{self.n_positions - 1})")
+        cos, sin = self.cos[start:end], self.sin[start:end]
         r = self.rotary_dim
+        half = r // 2
         xf = x.float()
-        rot, rest = xf[..., :r], xf[..., r:]
-        rot = rot * cos + _rotate_half(rot) * sin
-        return torch.cat((rot, rest), dim=-1).to(x.dtype) if rest.shape[-1] else rot.to(x.dtype)
+        out = xf.clone() if r < x.shape[-1] else torch.empty_like(xf)
+        x1, x2 = xf[..., :half], xf[..., half:r]
+        # rotate_half layout: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] (cos/sin halves are equal)
+        c, s_ = cos[:, :half], sin[:, :half]
+        torch.addcmul(x1 * c, x2, s_, value=-1.0, out=out[..., :half])
+        torch.addcmul(x2 * c, x1, s_, out=out[..., half:r])
+        return out.to(x.dtype)
