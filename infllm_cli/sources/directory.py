@@ -195,8 +195,9 @@ class DirectoryDocument:
                 is_dir = is_link = False
             keyed.append((os.fsencode(entry.name) + (b"/" if is_dir else b""), entry, is_dir, is_link))
         keyed.sort(key=lambda item: item[0])
-        for _, entry, is_dir, is_link in keyed:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+        for key, entry, is_dir, is_link in keyed:
+            name = key.rstrip(b"/").decode("utf-8", "replace")  # undecodable names: U+FFFD, never surrogates
+            rel = f"{rel_dir}/{name}" if rel_dir else name
             yield rel, entry.path, is_dir, is_link, rules
 
     def _classify(self, rel: str, path: str) -> None:

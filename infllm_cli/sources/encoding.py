@@ -88,7 +88,7 @@ def detect_encoding(sample: bytes, declared: str | None = None) -> str:
     Parameters
     ----------
     sample
-        The first bytes of the stream (up to :data:`ENCODING_SAMPLE`; less is fine).
+        The first :data:`ENCODING_SAMPLE` bytes of the stream (fewer: the whole stream).
     declared
         A charset named inside the document (HTML/XML), tried after the byte-order marks.
 
@@ -104,7 +104,8 @@ def detect_encoding(sample: bytes, declared: str | None = None) -> str:
     if codec and codec != "utf-8":
         return codec
     try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        # a sample shorter than ENCODING_SAMPLE is the whole stream: it must not end inside a character
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=len(sample) < ENCODING_SAMPLE)
         return "utf-8"
     except UnicodeDecodeError:
         pass

@@ -105,7 +105,9 @@ class EpubDocument:
             raise InputError(f"{self.name}: not a valid EPUB (corrupt zip: {one_line(exc, 120)}); re-download or convert the book") from None
         except ElementTree.ParseError as exc:
             raise InputError(f"{self.name}: corrupt EPUB (malformed XML: {one_line(exc, 120)}); re-download or convert the book") from None
-        except (KeyError, OSError, zlib.error, EOFError, ValueError) as exc:
+        except InputError:
+            raise
+        except Exception as exc:  # zipfile also raises NotImplementedError, RuntimeError, zlib.error...
             raise InputError(f"{self.name}: corrupt EPUB ({one_line(exc, 120)}); re-download or convert the book") from None
         if not self.chapters:
             raise InputError(f"{self.name}: the EPUB has no chapters in its reading order (empty spine)")
@@ -180,7 +182,7 @@ class EpubDocument:
                     src = next((e.get("src") for e in point if _local(e.tag) == "content"), None)
                     if label and src:
                         titles.setdefault(_resolve(posixpath.dirname(ncx_path), src), " ".join(label.split()))
-        except (KeyError, ElementTree.ParseError, zipfile.BadZipFile, zlib.error, ValueError) as exc:
+        except Exception as exc:  # a damaged table of contents only costs the chapter titles
             warn(self.report, f"{self.name}: table of contents unreadable ({one_line(exc, 120)}); chapters keep their own titles")
         return titles
 
@@ -217,7 +219,7 @@ class EpubDocument:
                         yield span
                     self.report.warnings.extend(doc.report.warnings)
                     self.report.units_without_text += doc.report.units_without_text
-                except (KeyError, ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                except (KeyError, ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
                     self.report.units_without_text += 1
                     warn(self.report, f"{self.name}: chapter {chapter.href} skipped ({one_line(exc, 120)})")
         if not self.report.chars:

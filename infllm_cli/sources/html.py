@@ -61,6 +61,8 @@ class HtmlExtractor(HTMLParser):
 
     # -- output helpers -------------------------------------------------------------------------------
     def _flush_line(self) -> None:
+        if self._line == ["-"]:
+            return  # a list item's marker waits for the item's text (``<li><p>text</p></li>``)
         text = "".join(self._line)
         text = text.rstrip() if self._pre else text.strip()
         if text:
@@ -98,6 +100,8 @@ class HtmlExtractor(HTMLParser):
             return
         if self._skip:
             return
+        if self._title is not None and tag != "title":  # an unclosed <title> ends at the next element
+            self.handle_endtag("title")
         if tag == "title" and self.title is None:
             self._title = []
         elif tag in _HEADINGS:

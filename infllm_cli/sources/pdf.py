@@ -33,7 +33,7 @@ from pypdf.errors import DependencyError
 
 from ..errors import InputError, PdfError
 from .base import ReadReport, Span
-from .common import one_line, warn
+from .common import LOG, one_line, warn
 
 
 class NeedsOcrError(PdfError):
@@ -44,6 +44,7 @@ class NeedsOcrError(PdfError):
 
 
 _LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _OBJ = re.compile(rb"(\d{1,10})\s+\d{1,5}\s+obj\b")
 
 
@@ -51,6 +52,7 @@ def normalize_page_text(text: str) -> str:
     """Light clean-up of extracted page text (see the module docstring); ``""`` for a blank page."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").translate(_LIGATURES)
     text = re.sub(r"\xad[ \t]*\n[ \t]*", "", text).replace("\xad", "")
+    text = _SURROGATE.sub("\ufffd", text)  # broken ToUnicode maps; tokenizers reject lone surrogates
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     text = re.sub(r"\n{4,}", "\n\n\n", text).strip("\n")
     return text + "\n" if text.strip() else ""
@@ -65,16 +67,21 @@ class _PypdfLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
-            self.messages.append(one_line(record.getMessage(), limit=160))
+            message = one_line(record.getMessage(), limit=160)
+            self.messages.append(message)
+            LOG.debug("pypdf: %s", message)
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
+        """Collect pypdf's messages (and keep them from propagating: they are summarised instead)."""
         logger = logging.getLogger("pypdf")
         logger.addHandler(self)
+        propagate, logger.propagate = logger.propagate, False
         try:
             yield
         finally:
             logger.removeHandler(self)
+            logger.propagate = propagate
 
 
 @dataclass
@@ -251,6 +258,8 @@ class PdfDocument:
             try:
                 with self._log.attached():
                     text = normalize_page_text(self._reader.pages[index].extract_text() or "")
+            except DependencyError:
+                raise PdfError(f"{self.name}: encrypted with AES, which needs the 'cryptography' package; install it (pip install cryptography)") from None
             except Exception as exc:
                 failed.append((index + 1, one_line(exc, 160)))
                 text = ""
@@ -262,12 +271,13 @@ class PdfDocument:
         if failed:
             pages = ", ".join(str(page) for page, _ in failed[:10]) + (", ..." if len(failed) > 10 else "")
             warn(self.report, f"{self.name}: text extraction failed on {len(failed)} pages ({pages}): {failed[0][1]}")
+        damaged = self.repaired or bool(self._open_warnings or failed or self._log.messages)
         if self._log.messages:
             warn(self.report, f"{self.name}: pypdf reported {len(self._log.messages)} problems while extracting text (first: {self._log.messages[0]})")
             self._log.messages.clear()
         empty, total = self.report.units_without_text, self.page_count
         if self.report.chars == 0:
-            if self.repaired or len(failed) == total:
+            if damaged:  # text-less because broken, not because scanned
                 raise PdfError(f"cannot read PDF {self.name}: no text could be recovered; the file may be corrupt or truncated")
             raise NeedsOcrError(f"{self.name}: no extractable text in {total} pages (scanned images?); OCR is needed, e.g. ocrmypdf")
         if empty:

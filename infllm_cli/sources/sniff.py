@@ -77,11 +77,16 @@ def utf16_without_bom(head: bytes) -> str | None:
         return None
     even, odd = head[0::2], head[1::2]
     half = len(head) // 2
+    codec = None
     if odd.count(0) >= 0.4 * half and even.count(0) == 0:
-        return "utf-16-le"
-    if even.count(0) >= 0.4 * half and odd.count(0) == 0:
-        return "utf-16-be"
-    return None
+        codec = "utf-16-le"
+    elif even.count(0) >= 0.4 * half and odd.count(0) == 0:
+        codec = "utf-16-be"
+    if codec is None:
+        return None
+    text = head[: len(head) & ~1].decode(codec, "replace")
+    printable = sum(1 for ch in text if ch.isprintable() or ch in "\t\n\r\f")
+    return codec if printable >= 0.95 * len(text) else None
 
 
 def binary_reason(head: bytes) -> str | None:
@@ -133,7 +138,7 @@ def zip_is_epub(source: str | os.PathLike[str] | io.IOBase) -> bool:
                     if fh.read(64).strip() == b"application/epub+zip":
                         return True
             return "META-INF/container.xml" in names
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except Exception:  # BadZipFile, NotImplementedError (exotic versions), OSError...
         return False
 
 

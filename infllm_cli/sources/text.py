@@ -34,7 +34,7 @@ from .sniff import text_kind
 _MAX_TITLE = 200
 
 
-@dataclass
+@dataclass(slots=True)
 class _Line:
     number: int
     text: str  # a line with its "\n", or a piece of a long line

@@ -157,3 +157,23 @@ def test_normalize_page_text():
     raw = "e\ufb03cient  \r\nsoft\xad\nware\n\n\n\n\n\nend   "
     assert normalize_page_text(raw) == "efficient\nsoftware\n\n\nend\n"
     assert normalize_page_text(" \n \n") == ""
+
+
+def test_mutated_pdfs_only_raise_input_errors(tmp_path):
+    import random
+
+    rng = random.Random(1234)
+    originals = [reportlab_pdf([[f"page {i}"] for i in range(3)], [("A", 1, 0), ("B", 2, 1)]), fpdf_pdf([["x"]] * 2)]
+    for i in range(40):
+        data = bytearray(rng.choice(originals))
+        if i % 2:
+            for _ in range(rng.randint(1, 12)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        else:
+            start = rng.randrange(len(data))
+            del data[start : start + rng.randrange(1, 300)]
+        path = _write(tmp_path, f"m{i}.pdf", bytes(data))
+        try:
+            read_all(open_source(path))
+        except InputError as exc:
+            assert "\n" not in str(exc)
