@@ -273,7 +273,7 @@ class DirectoryDocument:
                 warn(self.report, f"{self.name}: {entry.rel}: {one_line(exc)}")
             if last is not None:
                 yield last if last.text.endswith("\n") else dataclasses.replace(last, text=last.text + "\n")
-            self.report.warnings.extend(w for w in doc.report.warnings if w not in self.report.warnings)
+            self.report.warnings.extend(doc.report.warnings)  # already logged by the file's reader
             if not doc.report.chars:
                 self.report.units_without_text += 1
         if not content:

@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable, ContextManager, Iterator
 
 from ..errors import InputError
 from .base import ReadReport, Span
-from .common import chunk_paragraphs, warn
+from .common import MAX_SPAN_CHARS, chunk_paragraphs, warn
 from .encoding import ENCODING_SAMPLE, DecodeStats, describe, detect_encoding, iter_line_pieces
 
 _SKIP = frozenset({"script", "style", "noscript", "template", "svg"})
@@ -48,6 +48,7 @@ class HtmlExtractor(HTMLParser):
         self._section = initial_section
         self._initial = initial_section
         self._lines: list[str] = []
+        self._size = 0  # characters in self._lines
         self._line: list[str] = []
         self._space = False
         self._skip: list[str] = []
@@ -67,6 +68,7 @@ class HtmlExtractor(HTMLParser):
         text = text.rstrip() if self._pre else text.strip()
         if text:
             self._lines.append(text)
+            self._size += len(text) + 1
         self._line, self._space = [], False
 
     def _break(self, blank: bool = False) -> None:
@@ -75,11 +77,15 @@ class HtmlExtractor(HTMLParser):
             self._lines.append("")
 
     def _close_block(self) -> None:
-        while self._lines and self._lines[-1] == "":
-            self._lines.pop()
-        if self._lines:
-            self._ready.append((self._section, self._lines))
-        self._lines = []
+        lines = self._lines
+        while lines and lines[-1] == "":
+            lines.pop()
+        start = 0
+        while start < len(lines) and lines[start] == "":
+            start += 1
+        if start < len(lines):
+            self._ready.append((self._section, lines[start:]))
+        self._lines, self._size = [], 0
 
     def _inline(self, data: str) -> None:
         words = data.split()
@@ -161,7 +167,13 @@ class HtmlExtractor(HTMLParser):
             self._inline(data)
 
     def pop_blocks(self) -> list[tuple[str | None, list[str]]]:
-        """The blocks finished so far (each ``(section, lines)``, blank lines kept as ``""``)."""
+        """The blocks finished so far (each ``(section, lines)``, blank lines kept as ``""``).
+
+        A long section is handed out in parts of about :data:`~.common.MAX_SPAN_CHARS` characters, so
+        that a huge page without headings is never held whole.
+        """
+        if self._size >= MAX_SPAN_CHARS and self._heading is None:
+            self._close_block()
         ready, self._ready = self._ready, []
         return ready
 
