@@ -138,10 +138,9 @@ def _memory_attention_kernel(
     n_end = tl.minimum(NL, i_hi + off + 1)  # no row sees a key at or past this
     for start_n in range(0, n_full, BLOCK_N):
         n = start_n + n_idx
-        kv_mask = (n[:, None] >= 0) & d_ok[None, :]
-        k = _load(K_loc + kv * s_kl_h + n[:, None] * s_kl_n + d[None, :], kv_mask, UPCAST)
-        v = _load(V_loc + kv * s_vl_h + n[:, None] * s_vl_n + d[None, :], kv_mask, UPCAST)
-        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q_loc, k, v, kv_mask, qk_scale, False, DOT_PREC)
+        k = _load(K_loc + kv * s_kl_h + n[:, None] * s_kl_n + d[None, :], d_ok[None, :], UPCAST)
+        v = _load(V_loc + kv * s_vl_h + n[:, None] * s_vl_n + d[None, :], d_ok[None, :], UPCAST)
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q_loc, k, v, d_ok[None, :], qk_scale, False, DOT_PREC)
     for start_n in range(n_full, n_end, BLOCK_N):
         n = start_n + n_idx
         n_ok = n < NL
