@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from infllm_kernels.backend import triton_interpreter_enabled
 from infllm_kernels.reference import gather_memory, local_causal_mask
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# CPU tensors run through the Triton interpreter (set by conftest.py when there is no GPU); on a GPU box
+# without it, only the CUDA parametrizations run.
+DEVICES = (["cpu"] if triton_interpreter_enabled() else []) + (["cuda"] if torch.cuda.is_available() else [])
+# where single-device tests (input validation, determinism) run: CPU tensors need the interpreter on a GPU box
+MAIN_DEVICE = DEVICES[-1]
 
 
 def _rep(t: torch.Tensor, g: int) -> torch.Tensor:

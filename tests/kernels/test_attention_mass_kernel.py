@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DEVICES, attention_mass_in, max_err
+from kernel_testing import DEVICES, MAIN_DEVICE, attention_mass_in, max_err
 
 from infllm_kernels.attention_mass import attention_mass_fwd
 from infllm_kernels.reference import attention_mass_ref, memory_attention_ref
@@ -87,7 +87,7 @@ def test_poisoned_output_buffer_is_fully_written(n_kv, device):
 
 
 def test_deterministic():
-    q, k, lse, scale = make_inputs((8, 2, 97, 257, 16), torch.float32, "cpu", seed=3)
+    q, k, lse, scale = make_inputs((8, 2, 97, 257, 16), torch.float32, MAIN_DEVICE, seed=3)
     assert torch.equal(attention_mass(q, k, lse, scale), attention_mass(q, k, lse, scale))
 
 
@@ -102,13 +102,13 @@ def test_deterministic():
     ],
 )
 def test_launcher_rejects_bad_input(case, match):
-    q, k, lse, scale = make_inputs((4, 2, 5, 9, 8), torch.float32, "cpu")
+    q, k, lse, scale = make_inputs((4, 2, 5, 9, 8), torch.float32, MAIN_DEVICE)
     kw = {"q_local": q, "k_local": k, "lse": lse, "scale": scale} | {
         "k-dtype": {"k_local": k.half()},
         "lse-shape": {"lse": lse[:, :4]},
-        "heads": {"k_local": torch.randn(3, 9, 8)},
+        "heads": {"k_local": torch.randn(3, 9, 8, device=MAIN_DEVICE)},
         "window": {"k_local": k[:, :4]},
-        "out-dtype": {"out": torch.empty(9, dtype=torch.float16)},
+        "out-dtype": {"out": torch.empty(9, dtype=torch.float16, device=MAIN_DEVICE)},
     }[case]
     with pytest.raises(ValueError, match=match):
         attention_mass_fwd(**kw)

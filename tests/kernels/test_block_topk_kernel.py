@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DEVICES
+from kernel_testing import DEVICES, MAIN_DEVICE
 
 from infllm_kernels.block_topk import block_scores_fwd, topk_blocks_fwd
 from infllm_kernels.reference import block_scores_ref, topk_blocks_ref
@@ -86,8 +86,8 @@ def test_k_and_n_blocks_edges(n_blocks, k, expected_len, device):
 
 
 def test_poisoned_scores_buffer_is_fully_written():
-    q_mean, reps, n, _ = make_inputs(SHAPES["gqa4-d80"], torch.float32, "cpu")
-    out = torch.full((n,), float("nan"))
+    q_mean, reps, n, _ = make_inputs(SHAPES["gqa4-d80"], torch.float32, MAIN_DEVICE)
+    out = torch.full((n,), float("nan"), device=MAIN_DEVICE)
     assert block_scores_fwd(q_mean, reps, n, out=out) is out
     assert not out.isnan().any()
 
@@ -113,6 +113,7 @@ def test_no_host_sync_on_cuda():
     ],
 )
 def test_launcher_rejects_bad_input(kwargs, match):
-    q_mean, reps, n, _ = make_inputs(SHAPES["mha-d8"], torch.float32, "cpu")
+    q_mean, reps, n, _ = make_inputs(SHAPES["mha-d8"], torch.float32, MAIN_DEVICE)
+    kwargs = {name: v.to(MAIN_DEVICE) if isinstance(v, torch.Tensor) else v for name, v in kwargs.items()}
     with pytest.raises(ValueError, match=match):
         block_scores_fwd(**({"q_mean": q_mean, "repr_keys": reps, "n_blocks": n} | kwargs))
