@@ -4,7 +4,8 @@ Spans are tokenized in bounded pieces (consecutive spans of the same file and se
 ``piece_chars`` characters; a longer span is cut after a newline or a space). Document text is tokenized
 *without* special tokens and with special-token strings split (a literal ``</s>`` or ``<|im_end|>`` in a
 document is text, never an end-of-turn marker). When a document has several files (a directory), each
-file's text is preceded by a header line ``File: <path>``.
+file's text is preceded by a header line ``File: <path>`` unless the reader's first line for that file
+already names it.
 
 The ids of a read document are kept in a compact ``array('l')`` (8 bytes a token), together with the
 token offsets where sections and files start, which ``summarize`` uses to work section by section.
@@ -185,7 +186,8 @@ def pieces(document: Document, *, piece_chars: int = PIECE_CHARS) -> Iterator[Pi
             current = key
             new_segment = True
             sep = "\n" if last_path is not None and not ended_newline else ""
-            if multi_file and span.path != last_path:
+            if multi_file and span.path != last_path and span.path not in span.text.split("\n", 1)[0]:
+                # a file header, unless the reader already wrote one (e.g. "==> path <==")
                 sep += ("\n" if last_path is not None else "") + f"File: {span.path}\n"
             if sep:
                 buf.append(sep)

@@ -35,6 +35,11 @@ def test_directory_gets_file_headers_and_segments() -> None:
     assert out.count == len(text)
 
 
+def test_no_second_header_when_the_reader_wrote_one() -> None:
+    doc = ListDocument([Span("==> a.py <==\n", "a.py", section="a.py"), Span("x = 1\n", "a.py", section="a.py")], kind="directory")
+    assert _decode(list(read_tokens(doc, CharEncoder()).ids)) == "==> a.py <==\nx = 1\n"
+
+
 def test_single_file_has_no_header_and_spans_are_separated() -> None:
     doc = ListDocument([Span("page one", "b.pdf", page=1, section="Intro"), Span("page two", "b.pdf", page=2, section="Intro"), Span("three", "b.pdf", page=3, section="Next")], kind="pdf")
     out = read_tokens(doc, CharEncoder())
