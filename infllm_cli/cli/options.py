@@ -1,0 +1,189 @@
+"""The options shared by the commands, defined once.
+
+A command declares only its own arguments and takes ``opts: Options``; the :func:`shared` decorator adds
+the shared options of the named groups to its signature (Typer reads the signature) and packs their
+values into one :class:`Options` object.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from ..config import ATTENTION_MODES, PRESETS, GenerationConfig, MemoryConfig, preset
+
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N."
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("auto", "torch", "triton")
+STYLES = ("brief", "detailed", "sections")
+
+P_MODEL = "Model"
+P_MEMORY = "Context memory"
+P_GEN = "Generation"
+P_IO = "Input and output"
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[Optional[str]], Optional[str]]:
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+@dataclass
+class Options:
+    """Values of the shared options (a field is None when its option was not given)."""
+
+    # model
+    model: Optional[str] = None
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+    # memory
+    attention: str = "infllm"
+    preset: str = "auto"
+    n_init: Optional[int] = None
+    n_local: Optional[int] = None
+    block_size: Optional[int] = None
+    topk: Optional[int] = None
+    repr_topk: Optional[int] = None
+    exc_block_size: Optional[int] = None
+    chunk_size: Optional[int] = None
+    max_cached_block: Optional[int] = None
+    offload: Optional[bool] = None
+    # generation
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: Optional[int] = None
+    # input/output
+    max_tokens: Optional[int] = None
+    password: Optional[str] = None
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    debug: bool = False
+
+    def memory_config(self, model_config: Any = None) -> tuple[MemoryConfig, str]:
+        """The preset (``auto``: chosen from the model's trained context length) with the knobs applied.
+
+        Raises :class:`ConfigError` (exit 2) for a configuration that cannot work.
+        """
+        name = self.preset
+        if name == "auto":
+            name = auto_preset(model_config)
+        base = preset(name)
+        chunk = self.chunk_size
+        if chunk is None and self.exc_block_size is not None and self.exc_block_size > 0 and base.chunk_size % self.exc_block_size:
+            # only --exc-block-size was given: round the preset's prefill chunk to a multiple of it
+            chunk = max(1, base.chunk_size // self.exc_block_size) * self.exc_block_size
+        config = base.replace(
+            n_init=self.n_init,
+            n_local=self.n_local,
+            block_size=self.block_size,
+            topk=self.topk,
+            repr_topk=self.repr_topk,
+            exc_block_size=self.exc_block_size,
+            chunk_size=chunk,
+            max_cached_block=self.max_cached_block,
+            offload=self.offload,
+        )
+        return config, name
+
+    def generation_config(self) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+
+def auto_preset(model_config: Any) -> str:
+    """The largest preset whose whole window (initial tokens + local window) fits in the context length
+    the model was trained on (``max_position_embeddings``); ``paper`` when that is unknown."""
+    n_ctx = getattr(getattr(model_config, "text_config", None) or model_config, "max_position_embeddings", None)
+    if not isinstance(n_ctx, int) or n_ctx <= 0:
+        return "paper"
+    for name in ("paper", "small", "tiny"):
+        cfg = PRESETS[name]
+        if cfg.n_init + cfg.max_window <= n_ctx:
+            return name
+    return "tiny"
+
+
+# -- option definitions ------------------------------------------------------------------------------
+
+_GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
+    "model": [
+        ("model", Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="Hugging Face model id (from the local cache) or model directory. Default: $INFLLM_MODEL, then `model` in ~/.config/infllm/config.toml, then Qwen/Qwen2.5-1.5B-Instruct.", rich_help_panel=P_MODEL, show_default=False)),
+        ("device", str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP, rich_help_panel=P_MODEL)),
+        ("dtype", str, typer.Option("--dtype", metavar="DTYPE", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.", callback=_choice("dtype", DTYPES), rich_help_panel=P_MODEL)),
+    ],
+    "backend": [
+        ("backend", str, typer.Option("--backend", metavar="NAME", help="Memory-attention kernels: auto (triton on CUDA, torch otherwise), torch or triton.", callback=_choice("backend", BACKENDS), rich_help_panel=P_MODEL)),
+    ],
+    "memory": [
+        ("attention", str, typer.Option("--attention", metavar="MODE", help="infllm (context memory), streaming (initial tokens + local window only) or dense (full attention: only for inputs that fit the model).", callback=_choice("attention", ATTENTION_MODES), rich_help_panel=P_MEMORY)),
+        ("preset", str, typer.Option("--preset", metavar="NAME", help=f"Memory preset: auto (largest that fits the model's trained context), {', '.join(PRESETS)}. The knobs below override it.", callback=_choice("preset", ("auto", *PRESETS)), rich_help_panel=P_MEMORY)),
+        ("n_init", Optional[int], typer.Option("--n-init", metavar="N", help="Initial tokens kept for good (attention sinks).", rich_help_panel=P_MEMORY, show_default=False)),
+        ("n_local", Optional[int], typer.Option("--n-local", metavar="N", help="Local window, in tokens.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("block_size", Optional[int], typer.Option("--block-size", metavar="N", help="Tokens per memory block.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("topk", Optional[int], typer.Option("--topk", metavar="N", help="Memory blocks retrieved per query chunk.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("repr_topk", Optional[int], typer.Option("--repr-topk", metavar="N", help="Representative keys per block.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("exc_block_size", Optional[int], typer.Option("--exc-block-size", metavar="N", help="Queries sharing one block retrieval.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("chunk_size", Optional[int], typer.Option("--chunk-size", metavar="N", help="Prefill chunk in tokens (a multiple of --exc-block-size).", rich_help_panel=P_MEMORY, show_default=False)),
+        ("max_cached_block", Optional[int], typer.Option("--max-cached-block", metavar="N", help="Blocks kept on the device when the store is offloaded.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("offload", Optional[bool], typer.Option("--offload/--no-offload", help="Keep the block store in host memory.", rich_help_panel=P_MEMORY, show_default=False)),
+    ],
+    "generation": [
+        ("max_new_tokens", int, typer.Option("--max-new-tokens", metavar="N", help="Most tokens to generate per answer.", min=0, rich_help_panel=P_GEN)),
+        ("temperature", float, typer.Option("--temperature", metavar="T", help="0 = greedy decoding.", min=0.0, rich_help_panel=P_GEN)),
+        ("top_p", float, typer.Option("--top-p", metavar="P", help="Nucleus sampling (with --temperature > 0).", min=0.0, max=1.0, rich_help_panel=P_GEN)),
+        ("seed", Optional[int], typer.Option("--seed", metavar="N", help="Random seed for sampling.", rich_help_panel=P_GEN, show_default=False)),
+    ],
+    "input": [
+        ("max_tokens", Optional[int], typer.Option("--max-tokens", metavar="N", help="Refuse a source with more tokens than this (checked while reading, before any generation).", min=1, rich_help_panel=P_IO, show_default=False)),
+        ("password", Optional[str], typer.Option("--password", metavar="PASSWORD", help="Password of an encrypted PDF.", rich_help_panel=P_IO, show_default=False, envvar="INFLLM_PDF_PASSWORD")),
+    ],
+    "output": [
+        ("json", bool, typer.Option("--json", help="Print JSON on stdout instead of text.", rich_help_panel=P_IO)),
+        ("quiet", bool, typer.Option("--quiet", help="No progress, no status lines: only errors on stderr.", rich_help_panel=P_IO)),
+        ("verbose", bool, typer.Option("--verbose", "-v", help="More status lines on stderr.", rich_help_panel=P_IO)),
+        ("debug", bool, typer.Option("--debug", help="Debug logging, and tracebacks for errors.", rich_help_panel=P_IO)),
+    ],
+}
+
+_DEFAULTS = {f.name: f.default for f in fields(Options)}
+
+
+def shared(*groups: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the options of ``groups`` to a command whose last parameter is ``opts: Options``."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(func, include_extras=True)
+        sig = inspect.signature(func)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values() if p.name != "opts"]
+        names: list[str] = []
+        added: list[inspect.Parameter] = []
+        for group in groups:
+            for name, typ, option in _GROUPS[group]:
+                names.append(name)
+                added.append(
+                    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_DEFAULTS[name], annotation=Annotated[typ, option])
+                )
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in names if n in kwargs}
+            return func(*args, opts=Options(**values), **kwargs)
+
+        params = own + added
+        wrapper.__signature__ = sig.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

@@ -1,0 +1,357 @@
+"""Questions, chats and summaries over a document read once (the library behind the CLI commands).
+
+Nothing here prints: answers are produced as iterators of text deltas, progress goes to callbacks.
+
+>>> from infllm_cli.models import load_model
+>>> from infllm_cli.runner import Runner
+>>> from infllm_cli.config import preset, GenerationConfig
+>>> from infllm_cli.sources import open_source
+>>> loaded = load_model("Qwen/Qwen2.5-1.5B-Instruct")
+>>> session = DocumentSession(Runner(loaded, preset("paper")))
+>>> doc = read_document(open_source("book.pdf"), loaded.tokenizer)
+>>> session.read(doc)                                     # the document streams in once
+>>> print("".join(session.ask("Who betrays the captain?", GenerationConfig())))
+>>> print("".join(session.ask("Where does it end?", GenerationConfig())))   # same read, independent
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from ..config import GenerationConfig
+from ..prompting import PromptFormat, Turn
+from ..tokens import DocumentTokens, Encoder, HFEncoder, Segment, read_tokens
+
+log = logging.getLogger("infllm.session")
+
+
+def read_document(document: Any, tokenizer: Any, *, max_tokens: int | None = None, on_progress: Callable | None = None) -> DocumentTokens:
+    """Read a :class:`~infllm_cli.sources.base.Document` into token ids with the model's tokenizer."""
+    return read_tokens(document, HFEncoder(tokenizer), max_tokens=max_tokens, on_progress=on_progress)
+
+
+# -- text post-processing ----------------------------------------------------------------------------
+
+
+class StopText:
+    """Cuts a stream of text deltas at the first stop string, holding back only what could start one;
+    also drops leading whitespace of the answer."""
+
+    def __init__(self, stops: Sequence[str] = ()) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.held = ""
+        self.started = False
+        self.stopped = False
+
+    def push(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.started:
+            delta = delta.lstrip()
+            if not delta:
+                return ""
+            self.started = True
+        text = self.held + delta
+        for stop in self.stops:
+            i = text.find(stop)
+            if i >= 0:
+                self.stopped = True
+                self.held = ""
+                return text[:i]
+        keep = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:n]):
+                    keep = max(keep, n)
+                    break
+        self.held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        out, self.held = ("" if self.stopped else self.held), ""
+        return out
+
+
+def generate_text(runner: Any, suffix: Sequence[int], gen: GenerationConfig, stops: Sequence[str] = ()) -> Iterator[str]:
+    """Feed ``suffix``, then yield the answer's text deltas (cut at ``stops``; leading and trailing
+    whitespace removed)."""
+    cut = StopText(stops)
+    stream = runner.generate(list(suffix), gen)
+    pending_ws = ""
+    try:
+        for delta in stream:
+            text = cut.push(delta)
+            if text:
+                # hold trailing whitespace until more text follows, so the answer ends cleanly
+                stripped = text.rstrip()
+                if stripped:
+                    yield pending_ws + stripped
+                    pending_ws = text[len(stripped) :]
+                else:
+                    pending_ws += text
+            if cut.stopped:
+                break
+        tail = cut.flush().rstrip()
+        if tail:
+            yield pending_ws + tail
+    finally:
+        stream.close()
+
+
+# -- stats -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StatsMark:
+    """Engine counters at one moment, to report per-answer deltas."""
+
+    generate_seconds: float
+    generated_tokens: int
+
+    @classmethod
+    def of(cls, runner: Any) -> "StatsMark":
+        return cls(runner.stats.generate_seconds, runner.stats.generated_tokens)
+
+
+def answer_stats(runner: Any, doc: DocumentTokens | None, read_seconds: float, since: StatsMark, extra: dict | None = None) -> dict[str, Any]:
+    s = runner.stats
+    gen_s = s.generate_seconds - since.generate_seconds
+    gen_n = s.generated_tokens - since.generated_tokens
+    out: dict[str, Any] = {
+        "tokens_read": s.tokens_read,
+        "document_tokens": doc.count if doc else None,
+        "blocks": s.blocks,
+        "prefill_seconds": round(read_seconds, 4),
+        "prefill_tokens_per_second": round(doc.count / read_seconds, 2) if doc and read_seconds > 0 else None,
+        "generate_seconds": round(gen_s, 4),
+        "generated_tokens": gen_n,
+        "generate_tokens_per_second": round(gen_n / gen_s, 2) if gen_s > 0 else None,
+        "peak_memory_bytes": s.peak_memory_bytes,
+    }
+    if doc is not None:
+        r = doc.report
+        out["source"] = {
+            "name": doc.name,
+            "kind": doc.kind,
+            "units": r.units,
+            "units_without_text": r.units_without_text,
+            "skipped": len(r.skipped),
+            "characters": r.chars,
+            "read": doc.describe(),
+        }
+    if extra:
+        out.update(extra)
+    return out
+
+
+# -- questions ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DocumentSession:
+    """A runner holding one document; answers questions independently from that single read."""
+
+    runner: Any
+    format: PromptFormat | None = None
+    document: DocumentTokens | None = None
+    read_seconds: float = 0.0
+    _snapshot: Any = None
+    _used: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format is None:
+            self.format = PromptFormat.for_tokenizer(self.runner.loaded.tokenizer)
+
+    def generation(self, gen: GenerationConfig) -> GenerationConfig:
+        """``gen`` plus the template's end-of-turn tokens as stop tokens."""
+        extra = tuple(i for i in self.format.stop_token_ids() if i not in gen.stop_token_ids)
+        if not extra:
+            return gen
+        return GenerationConfig(gen.max_new_tokens, gen.temperature, gen.top_p, gen.seed, tuple(gen.stop_token_ids) + extra)
+
+    def read(self, document: DocumentTokens, on_progress: Callable[[int], None] | None = None) -> int:
+        """Reset the memory, stream the question prefix and the document in, and remember that state."""
+        prefix = self.format.qa_prefix()
+        self.runner.reset()
+        start = time.perf_counter()
+        fed = self.runner.feed(prefix) if prefix else 0
+        fed += self.runner.feed(document.ids, (lambda n: on_progress(fed + n)) if on_progress else None)
+        self.read_seconds = time.perf_counter() - start
+        log.debug("document read: %d tokens fed (prefix %d) in %.2fs", fed, len(prefix), self.read_seconds)
+        self.document = document
+        self._snapshot = self.runner.snapshot()
+        self._used = False
+        return fed
+
+    def ask(self, question: str, gen: GenerationConfig, history: Sequence[Turn] = ()) -> Iterator[str]:
+        """The answer to ``question`` (after the earlier ``history`` turns), as text deltas."""
+        if self._snapshot is None:
+            raise RuntimeError("read a document first")
+        if self._used:  # the first question continues from the document directly
+            self.runner.restore(self._snapshot)
+        self._used = True
+        suffix = self.format.qa_suffix(question, history)
+        return generate_text(self.runner, suffix, self.generation(gen), self.format.stop_strings())
+
+    def stats(self, since: StatsMark, extra: dict | None = None) -> dict[str, Any]:
+        return answer_stats(self.runner, self.document, self.read_seconds, since, extra)
+
+
+# -- summaries ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Part:
+    """A range of the document summarized on its own: one section, several small ones, or a slice."""
+
+    title: str
+    start: int
+    end: int
+    location: str = ""
+    sections: int = 1
+    titled: bool = True  # False for slices of a source without structure ("Part i of n")
+
+    @property
+    def tokens(self) -> int:
+        return self.end - self.start
+
+
+def segment_title(seg: Segment, kind: str) -> str | None:
+    if kind == "directory":
+        return f"{seg.path}: {seg.title}" if seg.title and seg.title != seg.path else seg.path
+    return seg.title
+
+
+def plan_parts(doc: DocumentTokens, *, min_tokens: int, max_untitled_tokens: int) -> list[Part]:
+    """Group the document's segments into parts to summarize one by one.
+
+    Consecutive titled segments shorter than ``min_tokens`` are merged; untitled stretches longer than
+    ``max_untitled_tokens`` are cut into equal slices (a document without any structure becomes
+    "Part 1", "Part 2", ...). A titled section is never cut, however long: the memory holds it.
+    """
+    parts: list[Part] = []
+    pending: list[tuple[str | None, Segment]] = []
+
+    def flush_pending() -> None:
+        if not pending:
+            return
+        titles = [t for t, _ in pending if t]
+        first, last = pending[0][1], pending[-1][1]
+        if len(pending) == 1:
+            title = titles[0] if titles else ""
+        elif titles:
+            title = f"{titles[0]} … {titles[-1]}" if len(titles) > 1 else titles[0]
+        else:
+            title = ""
+        loc = first.first_location if first is last else f"{first.first_location} - {last.last_location}"
+        parts.append(Part(title, first.start, last.end, loc, len(pending)))
+        pending.clear()
+
+    # merge adjacent untitled segments first (a document without structure may still have many spans)
+    for seg in doc.segments:
+        title = segment_title(seg, doc.kind)
+        if title is None:
+            if pending and pending[-1][0] is None:
+                pending.append((None, seg))
+                continue
+            flush_pending()
+            pending.append((None, seg))
+            continue
+        if pending and pending[-1][0] is None:
+            flush_pending()
+        pending.append((title, seg))
+        if sum(s.tokens for _, s in pending) >= min_tokens:
+            flush_pending()
+    flush_pending()
+
+    # cut long untitled parts into slices; merge a too-small trailing titled group into the one before
+    out: list[Part] = []
+    for part in parts:
+        if not part.title and part.tokens > max_untitled_tokens:
+            n = math.ceil(part.tokens / max_untitled_tokens)
+            step = math.ceil(part.tokens / n)
+            for i in range(n):
+                s = part.start + i * step
+                out.append(Part("", s, min(part.end, s + step), part.location, 1, titled=False))
+        else:
+            out.append(part)
+    if len(out) > 1 and out[-1].title and out[-1].tokens < min_tokens // 4 and out[-2].title:
+        last = out.pop()
+        prev = out[-1]
+        out[-1] = Part(f"{prev.title.split(' … ')[0]} … {last.title.split(' … ')[-1]}", prev.start, last.end, prev.location, prev.sections + last.sections)
+    for i, part in enumerate(out, 1):
+        if not part.title:
+            part.title = f"Part {i} of {len(out)}"
+            part.titled = False
+    return out
+
+
+@dataclass
+class SummaryPiece:
+    title: str | None
+    text: str
+    tokens: int
+    location: str = ""
+
+
+@dataclass
+class Summarizer:
+    """Brief, detailed and section-by-section summaries (see :meth:`run`)."""
+
+    runner: Any
+    format: PromptFormat | None = None
+    encoder: Encoder | None = None
+    pieces: list[SummaryPiece] = field(default_factory=list)
+    read_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.format is None:
+            self.format = PromptFormat.for_tokenizer(self.runner.loaded.tokenizer)
+        if self.encoder is None:
+            self.encoder = HFEncoder(self.runner.loaded.tokenizer)
+
+    def per_section(self, doc: DocumentTokens, style: str) -> bool:
+        """``sections``: always (if there is more than one part); ``detailed``: when the document is
+        longer than the local window; ``brief``: never."""
+        if style == "brief":
+            return False
+        if style == "detailed" and doc.count <= self.runner.config.n_local:
+            return False
+        return len(self.plan(doc)) > 1
+
+    def plan(self, doc: DocumentTokens) -> list[Part]:
+        n_local = self.runner.config.n_local
+        return plan_parts(doc, min_tokens=max(n_local // 2, 64), max_untitled_tokens=max(4 * n_local, 1024))
+
+    def _generation(self, gen: GenerationConfig) -> GenerationConfig:
+        extra = tuple(i for i in self.format.stop_token_ids() if i not in gen.stop_token_ids)
+        return GenerationConfig(gen.max_new_tokens, gen.temperature, gen.top_p, gen.seed, tuple(gen.stop_token_ids) + extra)
+
+    def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None) -> Iterator[str]:
+        self.runner.reset()
+        start = time.perf_counter()
+        fed = self.runner.feed(prefix) if prefix else 0
+        self.runner.feed(body, (lambda n: on_progress(fed + n)) if on_progress else None)
+        self.read_seconds += time.perf_counter() - start
+        return generate_text(self.runner, suffix, self._generation(gen), ())
+
+    def whole(self, doc: DocumentTokens, kind: str, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
+        """One summary (``kind`` brief or detailed) of the whole document."""
+        fmt = self.format
+        return self._run(fmt.summary_prefix(kind), doc.ids, fmt.summary_suffix(kind), gen, on_progress)
+
+    def part(self, doc: DocumentTokens, part: Part, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
+        """A summary of one part, read on its own into an emptied memory."""
+        fmt = self.format
+        title = part.title if part.titled else None
+        return self._run(fmt.summary_prefix("section", title), doc.ids[part.start : part.end], fmt.summary_suffix("section", title), gen, on_progress)
+
+    def overall(self, pieces: Sequence[SummaryPiece], gen: GenerationConfig) -> Iterator[str]:
+        """An overall summary from the part summaries."""
+        fmt = self.format
+        text = "\n\n".join(f"## {p.title}\n{p.text.strip()}" for p in pieces)
+        return self._run(fmt.summary_prefix("overall"), self.encoder.encode(text), fmt.summary_suffix("overall"), gen, None)
