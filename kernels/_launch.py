@@ -62,7 +62,9 @@ def check_tensor(
         raise ValueError(f"{name} must have a unit stride in its last dimension, got strides {t.stride()}")
 
 
-def check_out(name: str, t: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+def check_out(
+    name: str, t: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> None:
     """Validate a caller-provided output buffer (must be contiguous: the kernels write it densely)."""
     if t is None:
         return

@@ -61,7 +61,8 @@ def _attention_mass_kernel(
         for start_m in range(first_m, L, BLOCK_M):
             i = start_m + tl.arange(0, BLOCK_M)
             i_ok = i < L
-            q = tl.load(Q + head * s_q_h + i[:, None] * s_q_l + d[None, :], mask=i_ok[:, None] & d_ok[None, :], other=0.0)
+            q_ptrs = Q + head * s_q_h + i[:, None] * s_q_l + d[None, :]
+            q = tl.load(q_ptrs, mask=i_ok[:, None] & d_ok[None, :], other=0.0)
             if UPCAST:
                 q = q.to(tl.float32)
             lse = tl.load(Lse + head * s_lse_h + i, mask=i_ok, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -72,7 +73,9 @@ def _attention_mass_kernel(
     tl.store(Partial + kv * s_p_h + n, mass, mask=n_ok)
 
 
-_attention_mass_tuned = triton.autotune(configs=_configs(), key=["G", "D", "UPCAST", "DOT_PREC"])(_attention_mass_kernel)
+_attention_mass_tuned = triton.autotune(configs=_configs(), key=["G", "D", "UPCAST", "DOT_PREC"])(
+    _attention_mass_kernel
+)
 
 
 def attention_mass_fwd(
