@@ -1,0 +1,130 @@
+"""Prefill throughput and peak memory: dense attention vs InfLLM, at growing input lengths, in one run.
+
+A small random Llama is built in code (nothing is downloaded). Each (attention, length) measurement runs
+in a fresh subprocess so that its peak memory (peak RSS on CPU, peak allocated on CUDA) is its own; the
+table reports throughput, peak memory above the loaded model, and the ratio of InfLLM's throughput at each
+length to its throughput at the shortest length (InfLLM's cost per token should stay flat).
+
+    python benchmarks/bench_prefill.py                      # 4K, 16K, 64K on CPU, preset "small"
+    python benchmarks/bench_prefill.py --lengths 4096 32768 --device cuda --preset paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_model(path: str, hidden: int, layers: int, heads: int, kv_heads: int) -> None:
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    config = transformers.LlamaConfig(
+        vocab_size=4096, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=8192, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    vocab = {f"t{i}": i for i in range(4096)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                                  bos_token="t1", eos_token="t2", unk_token="t0")
+    tok.save_pretrained(path)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Child process: load, prefill ``args.length`` random tokens, report time and memory."""
+    import resource
+
+    import torch
+
+    from infllm_cli.config import preset
+    from infllm_cli.models import load_model
+    from infllm_cli.runner import Runner
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    loaded = load_model(args.model_dir, device=args.device, dtype=args.dtype)
+    memory = preset(args.preset)
+    runner = Runner(loaded, memory, attention=args.attention, backend=args.backend)
+    ids = torch.randint(3, 4096, (args.length,), generator=torch.Generator().manual_seed(0)).tolist()
+    cuda = loaded.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    runner.feed(ids)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"attention": args.attention, "tokens": args.length, "seconds": seconds,
+            "tokens_per_second": args.length / seconds, "peak_above_model_bytes": max(0, peak - base),
+            "blocks": runner.blocks}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536])
+    p.add_argument("--attention", nargs="+", default=["dense", "infllm"], choices=["dense", "streaming", "infllm"])
+    p.add_argument("--preset", default="small", help="memory preset for infllm (default: small)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the rows as JSON lines too")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        args.attention = args.attention[0]
+        print(json.dumps(measure(args)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_model(tmp, args.hidden, args.layers, args.heads, args.kv_heads)
+        rows = []
+        for attention in args.attention:
+            for length in args.lengths:
+                cmd = [sys.executable, __file__, "--child", "--model-dir", tmp, "--length", str(length),
+                       "--attention", attention, "--preset", args.preset, "--device", args.device,
+                       "--dtype", args.dtype, "--backend", args.backend, "--threads", str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.stderr.write(out.stderr)
+                    raise SystemExit(f"measurement failed: {attention} at {length} tokens")
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  measured {attention:>9} {length:>8} tokens", file=sys.stderr)
+
+    base = {r["attention"]: r["tokens_per_second"] for r in rows if r["tokens"] == min(args.lengths)}
+    print(f"model: Llama hidden {args.hidden}, {args.layers} layers, {args.heads} heads / {args.kv_heads} KV heads; "
+          f"device {args.device}; infllm preset {args.preset!r}")
+    print(f"| attention | tokens | seconds | tokens/s | vs own {min(args.lengths)} | peak memory above model | blocks |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratio = r["tokens_per_second"] / base[r["attention"]]
+        print(f"| {r['attention']} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_second']:,.0f} | "
+              f"{ratio:.2f} | {r['peak_above_model_bytes'] / 2**20:,.0f} MiB | {r['blocks']} |")
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
