@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
     p.add_argument("--repeats", type=int, default=7, help="timed calls per measurement on CPU (median kept)")
     p.add_argument("--num-blocks", type=int, default=0, help="block-store capacity (default 4*K)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     return p.parse_args(argv)
 
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: use --device cpu --small", file=sys.stderr)
         return 2
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)  # on a shared, busy CPU one thread avoids time-slice stalls
     backend = args.backend if args.backend != "auto" else ("triton" if args.device == "cuda" else "torch")
     if backend == "triton" and args.device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
