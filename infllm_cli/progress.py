@@ -153,7 +153,11 @@ class Reporter:
             columns += [BarColumn(), _CountColumn(), _RateColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         else:
             columns += [_CountColumn(), _RateColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
-        progress = Progress(*columns, console=self.console, transient=True, speed_estimate_period=10.0)
+        # never redirect stdout: the answer must reach the real stdout, not the progress console
+        progress = Progress(
+            *columns, console=self.console, transient=True, speed_estimate_period=10.0,
+            redirect_stdout=False, redirect_stderr=False,
+        )
         task_id = progress.add_task(description, total=total, unit=unit, info="")
 
         def update(completed: int = 0, info: str | None = None) -> None:
@@ -171,7 +175,12 @@ class Reporter:
         if not self.enabled:
             yield
             return
-        with self.console.status(message, spinner="dots"):
+        progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=self.console, transient=True, redirect_stdout=False, redirect_stderr=False,
+        )
+        progress.add_task(message, total=None)
+        with progress:
             yield
 
     @contextmanager

@@ -7,7 +7,7 @@ document is text, never an end-of-turn marker). When a document has several file
 file's text is preceded by a header line ``File: <path>`` unless the reader's first line for that file
 already names it.
 
-The ids of a read document are kept in a compact ``array('l')`` (8 bytes a token), together with the
+The ids of a read document are kept in a compact ``array('i')`` (4 bytes a token), together with the
 token offsets where sections and files start, which ``summarize`` uses to work section by section.
 """
 
@@ -98,7 +98,7 @@ class DocumentTokens:
     name: str
     kind: str
     report: ReadReport
-    ids: array = field(default_factory=lambda: array("l"))
+    ids: array = field(default_factory=lambda: array("i"))
     count: int = 0
     segments: list[Segment] = field(default_factory=list)
 
@@ -118,6 +118,21 @@ def describe_read(name: str, kind: str, report: ReadReport, tokens: int) -> str:
     else:
         text += f" ({report.chars:,} characters) from"
     text += f" {name}"
+    if report.skipped:
+        text += f"; skipped {len(report.skipped):,} file{'s' if len(report.skipped) != 1 else ''}"
+    return text
+
+
+def describe_source(name: str, kind: str, report: ReadReport) -> str:
+    """E.g. ``book.pdf (pdf): 312 pages (4 without text), 1,234,567 characters``."""
+    units = UNIT_NAMES.get(kind)
+    text = f"{name} ({kind}): "
+    if units and report.units:
+        text += f"{report.units:,} {units if report.units != 1 else units[:-1]}"
+        if report.units_without_text:
+            text += f" ({report.units_without_text:,} without text)"
+        text += ", "
+    text += f"{report.chars:,} characters"
     if report.skipped:
         text += f"; skipped {len(report.skipped):,} file{'s' if len(report.skipped) != 1 else ''}"
     return text

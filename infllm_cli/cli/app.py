@@ -25,7 +25,7 @@ from ..errors import EXIT_INTERRUPTED, InfllmError, UsageError
 from ..progress import Reporter, setup_logging
 from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
-from ..tokens import DocumentTokens, HFEncoder, UNIT_NAMES, load_tokenizer, read_tokens
+from ..tokens import UNIT_NAMES, DocumentTokens, HFEncoder, describe_source, load_tokenizer, read_tokens
 from .options import STYLES, Options, shared
 
 log = logging.getLogger("infllm.cli")
@@ -181,9 +181,10 @@ def read_with_progress(document: Any, encoder: Any, opts: Options, reporter: Rep
 def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     """Open the source, check model and memory settings, and read the source into token ids, all before
     the model's weights are loaded (so that bad input fails fast)."""
-    from ..models import read_model_config
+    from ..models import read_model_config, resolve_device, resolve_dtype
 
     gen = opts.generation_config()
+    resolve_dtype(opts.dtype, resolve_device(opts.device))  # a device that cannot work fails here, not after reading
     document = open_document(source, opts)
     choice = resolve_model(opts.model)
     log.debug("model %s (from %s)", choice.name, choice.origin)
@@ -269,15 +270,16 @@ def feed_document(session: Any, prep: Prepared) -> None:
     log.debug("prefill: %s document tokens in %.2f s", f"{total:,}", session.read_seconds)
 
 
-def stream_answer(deltas: Iterator[str], reporter: Reporter, *, to_stdout: bool) -> str:
+def stream_answer(deltas: Iterator[str], reporter: Reporter, runner: Any, *, to_stdout: bool) -> str:
     """Consume an answer; echo it to stdout as it comes unless ``to_stdout`` is False (JSON mode)."""
     pieces: list[str] = []
+    start = runner.stats.generated_tokens
     with reporter.generating() as update:
         for delta in deltas:
             pieces.append(delta)
             if to_stdout:
                 emit(delta)
-            update(len(pieces))
+            update(runner.stats.generated_tokens - start)
     return "".join(pieces)
 
 
@@ -318,7 +320,7 @@ def ask(
             mark = StatsMark.of(runner)
             if not opts.json and len(questions) > 1:
                 emit(("\n" if i else "") + f"## {q.strip()}\n")
-            answer = stream_answer(session.ask(q, prep.gen), reporter, to_stdout=not opts.json)
+            answer = stream_answer(session.ask(q, prep.gen), reporter, runner, to_stdout=not opts.json)
             stats = session.stats(mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name})
             if opts.json:
                 emit_json({"question": q, "answer": answer, "stats": stats})
@@ -361,19 +363,19 @@ def summarize(
                     emit(("\n" if i > 1 else "") + f"## {part.title}\n")
                 with reporter.task(f"reading part {i}/{len(parts)}", total=part.tokens) as update:
                     deltas = summ.part(doc, part, prep.gen, on_progress=lambda n: update(min(n, part.tokens)))
-                text = stream_answer(deltas, reporter, to_stdout=to_stdout)
+                text = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
                 if to_stdout:
                     emit("\n")
                 pieces.append(SummaryPiece(part.title, text, part.tokens, part.location))
                 sections.append({"title": part.title, "location": part.location, "tokens": part.tokens, "summary": text})
             if to_stdout:
                 emit("\n## Overall summary\n")
-            overall = stream_answer(summ.overall(pieces, prep.gen), reporter, to_stdout=to_stdout)
+            overall = stream_answer(summ.overall(pieces, prep.gen), reporter, runner, to_stdout=to_stdout)
         else:
             kind = "detailed" if style == "detailed" else "brief"
             with reporter.task("prefill", total=doc.count) as update:
                 deltas = summ.whole(doc, kind, prep.gen, on_progress=lambda n: update(min(n, doc.count)))
-            overall = stream_answer(deltas, reporter, to_stdout=to_stdout)
+            overall = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
         if to_stdout:
             emit("\n")
         stats = answer_stats(runner, doc, summ.read_seconds, mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name})
@@ -432,7 +434,7 @@ def chat(
                 log.info("conversation forgotten")
                 continue
             mark = StatsMark.of(runner)
-            answer = stream_answer(session.ask(q, prep.gen, () if independent else history), reporter, to_stdout=not opts.json)
+            answer = stream_answer(session.ask(q, prep.gen, () if independent else history), reporter, runner, to_stdout=not opts.json)
             stats = session.stats(mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name, "turn": len(history) + 1})
             if opts.json:
                 emit_json({"question": q, "answer": answer, "stats": stats})
@@ -505,7 +507,7 @@ def count(
         if opts.json:
             emit_json(result)
             return
-        lines = [f"source: {doc.describe().replace('read ', '', 1)}"]
+        lines = [f"source: {describe_source(doc.name, doc.kind, r)}"]
         lines.append(f"tokens: {doc.count:,} ({encoder.description})")
         if opts.attention == "infllm":
             lines.append(f"memory blocks: about {est.blocks:,} of {memory.block_size} tokens (preset {preset_name}, n_local {memory.n_local:,})")

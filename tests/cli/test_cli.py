@@ -217,6 +217,14 @@ def test_model_errors(cli, story_txt: Path, tmp_path: Path) -> None:
     assert_one_line_error(run(cli, "ask", story_txt, "Q?", "-m", no_weights, *KNOBS), 5)
 
 
+def test_unavailable_device_exits_6(cli, tiny_llama_dir: Path, story_txt: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    assert_one_line_error(run(cli, "ask", story_txt, "Q?", "-m", tiny_llama_dir, "--device", "cuda"), 6, "cuda")
+
+
 def test_max_tokens_refuses_large_sources(cli, tiny_llama_dir: Path, story_txt: Path) -> None:
     assert_one_line_error(run(cli, "ask", story_txt, "Q?", "-m", tiny_llama_dir, *KNOBS, "--max-tokens", "50"), 3, "more than 50 tokens", "--max-tokens")
 
