@@ -26,6 +26,7 @@ from ..progress import Reporter, setup_logging
 from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
 from ..tokens import UNIT_NAMES, DocumentTokens, HFEncoder, describe_source, load_tokenizer, read_tokens
+from .eval_cmd import eval_app
 from .options import STYLES, Options, shared
 
 log = logging.getLogger("infllm.cli")
@@ -60,13 +61,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# `infllm eval ...` lives in its own module; it is optional until that module exists.
-try:
-    from .eval_cmd import eval_app
-except ImportError:  # pragma: no cover - during development only
-    eval_app = None
-if eval_app is not None:
-    app.add_typer(eval_app, name="eval")
+app.add_typer(eval_app, name="eval")
 
 
 def _version(value: bool) -> None:

@@ -142,6 +142,21 @@ def test_summarize_detailed_goes_per_section_only_for_long_sources(cli, tiny_cha
     assert json_lines(short.stdout)[0]["sections"] == []
 
 
+def test_repository_directory_sections_are_files(cli, tiny_chat_model_dir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "auth.py").write_text("def main():\n    return authenticate(user, password)\n" * 6)
+    (repo / "README.md").write_text("The committee wrote the report about the ship.\n" * 6)
+    result = run(cli, "summarize", repo, "--style", "sections", "-m", tiny_chat_model_dir, *KNOBS, "--json")
+    assert result.exit_code == 0, result.stderr
+    [record] = json_lines(result.stdout)
+    assert sorted(s["title"] for s in record["sections"]) == ["README.md", "src/auth.py"]
+    assert record["stats"]["source"]["kind"] == "directory" and record["stats"]["source"]["units"] == 2
+    ask = run(cli, "ask", repo, "Where is auth handled?", "-m", tiny_chat_model_dir, *KNOBS)
+    assert ask.exit_code == 0, ask.stderr
+    assert "from 2 files of" in ask.stderr
+
+
 # -- chat --------------------------------------------------------------------------------------------
 
 
