@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -367,7 +366,7 @@ def summarize(
                 emit("\n## Overall summary\n")
             overall = stream_answer(summ.overall(pieces, prep.gen), reporter, runner, to_stdout=to_stdout)
         else:
-            kind = "detailed" if style == "detailed" else "brief"
+            kind = "brief" if style == "brief" else "detailed"  # `sections` of a single section: one thorough summary
             with reporter.task("prefill", total=doc.count) as update:
                 deltas = summ.whole(doc, kind, prep.gen, on_progress=lambda n: update(min(n, doc.count)))
             overall = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
