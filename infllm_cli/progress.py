@@ -112,6 +112,23 @@ def setup_logging(*, quiet: bool = False, verbose: bool = False, debug: bool = F
     return console
 
 
+_CONFIGURED = ("infllm", "infllm.cli", "transformers", "huggingface_hub")
+
+
+@contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undo :func:`setup_logging` afterwards (handlers, levels, propagation), so that a command run in
+    process (tests, notebooks) leaves the host's logging as it found it."""
+    saved = [(logging.getLogger(n), list(logging.getLogger(n).handlers), logging.getLogger(n).level, logging.getLogger(n).propagate) for n in _CONFIGURED]
+    try:
+        yield
+    finally:
+        for logger, handlers, level, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed

@@ -21,7 +21,7 @@ import typer
 from .. import __version__
 from ..config import ConfigError, GenerationConfig, MemoryConfig
 from ..errors import EXIT_INTERRUPTED, InfllmError, UsageError
-from ..progress import Reporter, setup_logging
+from ..progress import Reporter, logging_restored, setup_logging
 from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
 from ..tokens import UNIT_NAMES, DocumentTokens, HFEncoder, describe_source, load_tokenizer, read_tokens
@@ -87,7 +87,8 @@ def _one_line(text: str) -> str:
 def handle_errors(opts: Options) -> Iterator[None]:
     """Every failure becomes one line ``error: <message>`` on stderr and its documented exit code."""
     try:
-        yield
+        with logging_restored():
+            yield
     except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
         raise
     except InfllmError as exc:
