@@ -82,7 +82,7 @@ class PromptFormat:
         fmt = cls(tokenizer=tokenizer, chat=chat, leading_ids=_leading_special_ids(tokenizer))
         if chat:
             try:
-                fmt._render([{"role": "user", "content": SENTINEL}])
+                fmt._split(fmt._qa_messages("?", [Turn("?", "!")]))  # renders the placeholder exactly once
                 fmt.turn_end_ids = fmt._find_turn_end_ids()
             except Exception as exc:  # a template that cannot render our messages: fall back to plain text
                 log.warning("the chat template cannot be used (%s: %s); using a plain-text prompt", type(exc).__name__, exc)

@@ -161,6 +161,8 @@ def test_broken_chat_template_falls_back_to_plain() -> None:
     tok = make_tokenizer()
     tok.chat_template = "{{ raise_exception('no') }}"
     assert not PromptFormat.for_tokenizer(tok).chat
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{{ m['content'] }}{% endfor %}"  # content twice
+    assert not PromptFormat.for_tokenizer(tok).chat
 
 
 # -- answers -----------------------------------------------------------------------------------------
