@@ -117,8 +117,9 @@ class Runner:
     def restore(self, snapshot: dict[str, Any]) -> None:
         if isinstance(self.cache, ContextMemory):
             self.cache.restore(snapshot["cache"])
-        else:
-            self.cache.crop(snapshot["cache"])
+        elif self.tokens_seen > snapshot["cache"]:
+            # transformers >= 5.20: crop(-n) removes the last n tokens
+            self.cache.crop(snapshot["cache"] - self.tokens_seen)
         self.tokens_seen = snapshot["tokens_seen"]
         self.last_logits = snapshot["last_logits"]
 

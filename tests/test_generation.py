@@ -114,3 +114,18 @@ def test_model_errors(tmp_path, tiny_llama_dir):
     loaded = load_model(str(tiny_llama_dir), device="cpu")
     with pytest.raises(UsageError, match="unknown attention"):
         Runner(loaded, WIDE, attention="sparse")
+
+
+@pytest.mark.parametrize("attention", ["dense", "streaming", "infllm"])
+def test_restore_answers_every_question_from_the_same_read(tiny_llama_dir, attention):
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    runner = Runner(loaded, NARROW, attention=attention, backend="torch")
+    runner.feed(list(range(3, 250)))
+    after_doc = runner.snapshot()
+    gen = GenerationConfig(max_new_tokens=12)
+    first = "".join(runner.generate([9, 10, 11], gen))
+    runner.restore(after_doc)
+    "".join(runner.generate([12, 13], gen))  # another question in between
+    runner.restore(after_doc)
+    assert runner.tokens_seen == 247
+    assert "".join(runner.generate([9, 10, 11], gen)) == first

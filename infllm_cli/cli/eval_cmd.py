@@ -11,8 +11,6 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from ..errors import InputError
-from ..evaluate import PerplexityResult, perplexity
-from ..models import load_model
 
 eval_app = typer.Typer(help="Measure how well the model reads long inputs.", no_args_is_help=True)
 
@@ -45,7 +43,8 @@ def json_token_ids(source: str) -> list[int]:
     return ids
 
 
-def format_table(result: PerplexityResult) -> str:
+def format_table(result) -> str:
+    """Human-readable table of a :class:`~infllm_cli.evaluate.PerplexityResult`."""
     lines = [f"attention {result.attention}: {result.tokens:,} tokens, NLL {result.nll:.4f} nats, PPL {math.exp(result.nll):.3f}",
              f"{'positions':>15}  {'NLL':>8}  {'PPL':>9}"]
     for b in result.buckets():
@@ -77,6 +76,8 @@ def perplexity_cmd(
     """Per-token negative log-likelihood of SOURCE, overall and by position bucket (0-256, 256-512, 512-1K, ...)."""
     from ..config import ATTENTION_MODES, preset as get_preset
     from ..errors import UsageError
+    from ..evaluate import perplexity  # torch/transformers: imported only when the command runs
+    from ..models import load_model
     from ..settings import resolve_model
 
     if attention not in ATTENTION_MODES:

@@ -95,9 +95,12 @@ def test_ask_a_pdf(cli, tiny_chat_model_dir: Path, book_pdf: Path) -> None:
 
 def test_attention_modes(cli, tiny_llama_dir: Path, story_txt: Path) -> None:
     for mode in ("streaming", "dense"):
-        result = run(cli, "ask", story_txt, "Who?", "-m", tiny_llama_dir, *KNOBS, "--attention", mode, "--json")
+        result = run(cli, "ask", story_txt, "Who?", "-q", "Where?", "-q", "Who?", "-m", tiny_llama_dir, *KNOBS,
+                     "--attention", mode, "--json")
         assert result.exit_code == 0, result.stderr
-        assert json_lines(result.stdout)[0]["stats"]["attention"] == mode
+        records = json_lines(result.stdout)
+        assert [r["stats"]["attention"] for r in records] == [mode] * 3
+        assert records[0]["answer"] == records[2]["answer"]  # same question, same state after the document
 
 
 def test_quiet_leaves_stderr_empty(cli, tiny_llama_dir: Path, story_txt: Path) -> None:
