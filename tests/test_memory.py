@@ -91,6 +91,15 @@ def test_snapshot_restore_and_fork_by_persistence():
     third = [feed_random(layer, 60, seed=3) for layer in fresh.memories]
     for a, b in zip(first, third):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+    # fork: two independent continuations of one state
+    memory.restore(snap)
+    twin = memory.fork()
+    assert twin.memories[0].rope is memory.memories[0].rope
+    other = [feed_random(layer, 60, seed=5) for layer in memory.memories]
+    fourth = [feed_random(layer, 60, seed=3) for layer in twin.memories]
+    for a, b in zip(first, fourth):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.equal(other[0], first[0])
 
 
 def test_offloaded_store_matches_device_store():

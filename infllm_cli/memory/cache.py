@@ -16,6 +16,7 @@ Use :func:`attention_implementation` to switch a loaded model to ``"infllm"`` fo
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Iterator
 
 import torch
@@ -121,6 +122,12 @@ class ContextMemory(Cache):
         """Return to ``snapshot``, taken earlier on this memory (later blocks are forgotten)."""
         for m, layer_state, n_blocks in zip(self.memories, snapshot["layers"], snapshot["blocks"]):
             m.load_state_dict(layer_state, n_blocks)
+
+    def fork(self) -> "ContextMemory":
+        """An independent copy (blocks included) that can diverge from this one, e.g. to answer questions
+        concurrently. For questions answered one after another, :meth:`snapshot`/:meth:`restore` is cheaper."""
+        shared = self.memories[0].rope
+        return copy.deepcopy(self, memo={id(shared): shared})
 
     # persistence: everything, blocks included -----------------------------------------------------------
 
