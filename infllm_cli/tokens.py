@@ -107,14 +107,22 @@ class DocumentTokens:
         return describe_read(self.name, self.kind, self.report, self.count)
 
 
-def describe_read(name: str, kind: str, report: ReadReport, tokens: int) -> str:
+def _units_phrase(kind: str, report: ReadReport) -> str:
+    """E.g. ``312 pages (4 without text)``; empty for formats without pages, files or chapters."""
     units = UNIT_NAMES.get(kind)
+    if not (units and report.units):
+        return ""
+    text = f"{report.units:,} {units if report.units != 1 else units[:-1]}"
+    if report.units_without_text:
+        text += f" ({report.units_without_text:,} without text)"
+    return text
+
+
+def describe_read(name: str, kind: str, report: ReadReport, tokens: int) -> str:
     text = f"read {tokens:,} tokens"
-    if units and report.units:
-        text += f" from {report.units:,} {units if report.units != 1 else units[:-1]}"
-        if report.units_without_text:
-            text += f" ({report.units_without_text:,} without text)"
-        text += " of"
+    units = _units_phrase(kind, report)
+    if units:
+        text += f" from {units} of"
     else:
         text += f" ({report.chars:,} characters) from"
     text += f" {name}"
@@ -125,13 +133,10 @@ def describe_read(name: str, kind: str, report: ReadReport, tokens: int) -> str:
 
 def describe_source(name: str, kind: str, report: ReadReport) -> str:
     """E.g. ``book.pdf (pdf): 312 pages (4 without text), 1,234,567 characters``."""
-    units = UNIT_NAMES.get(kind)
     text = f"{name} ({kind}): "
-    if units and report.units:
-        text += f"{report.units:,} {units if report.units != 1 else units[:-1]}"
-        if report.units_without_text:
-            text += f" ({report.units_without_text:,} without text)"
-        text += ", "
+    units = _units_phrase(kind, report)
+    if units:
+        text += units + ", "
     text += f"{report.chars:,} characters"
     if report.skipped:
         text += f"; skipped {len(report.skipped):,} file{'s' if len(report.skipped) != 1 else ''}"

@@ -265,6 +265,17 @@ def feed_document(session: Any, prep: Prepared) -> None:
     log.debug("prefill: %s document tokens in %.2f s", f"{total:,}", session.read_seconds)
 
 
+def open_session(source: str, opts: Options, reporter: Reporter) -> tuple[Prepared, Any, Any]:
+    """Read SOURCE, load the model and stream the document in once: (prepared input, runner, session)."""
+    from .session import DocumentSession
+
+    prep = prepare(source, opts, reporter)
+    runner = load_runner(prep)
+    session = DocumentSession(runner)
+    feed_document(session, prep)
+    return prep, runner, session
+
+
 def stream_answer(deltas: Iterator[str], reporter: Reporter, runner: Any, *, to_stdout: bool) -> str:
     """Consume an answer; echo it to stdout as it comes unless ``to_stdout`` is False (JSON mode)."""
     pieces: list[str] = []
@@ -305,12 +316,9 @@ def ask(
         if any(not q.strip() for q in questions):
             raise UsageError("a question is empty")
         reporter = start(opts)
-        prep = prepare(source, opts, reporter)
-        from .session import DocumentSession, StatsMark
+        from .session import StatsMark
 
-        runner = load_runner(prep)
-        session = DocumentSession(runner)
-        feed_document(session, prep)
+        prep, runner, session = open_session(source, opts, reporter)
         for i, q in enumerate(questions):
             mark = StatsMark.of(runner)
             if not opts.json and len(questions) > 1:
@@ -404,12 +412,9 @@ def chat(
         if source == "-":
             raise UsageError("chat reads its questions from stdin, so the source cannot be stdin; pass a file or directory")
         reporter = start(opts)
-        prep = prepare(source, opts, reporter)
-        from .session import DocumentSession, StatsMark
+        from .session import StatsMark
 
-        runner = load_runner(prep)
-        session = DocumentSession(runner)
-        feed_document(session, prep)
+        prep, runner, session = open_session(source, opts, reporter)
         history: list[Turn] = []
         interactive = _isatty(sys.stdin) and not opts.quiet
         while True:
