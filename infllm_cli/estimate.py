@@ -264,7 +264,7 @@ def estimate_memory(tokens: int, memory: MemoryConfig, attention: str, shape: Mo
     if attention == "dense":
         window, in_blocks = tokens, 0
     else:
-        window = min(tokens, memory.n_init + memory.max_window)
+        window = min(tokens, memory.max_window)
         in_blocks = 0 if attention == "streaming" else max(0, tokens - memory.n_init - memory.n_local)
     blocks = math.ceil(in_blocks / memory.block_size) if in_blocks else 0
     per = shape.kv_bytes_per_token if shape else None

@@ -204,10 +204,10 @@ def check_fit(doc: DocumentTokens, memory: MemoryConfig, attention: str, model_c
             "dense attention over %s tokens exceeds the %s-token context the model was trained on; "
             "answers will degrade (use --attention infllm)", f"{doc.count:,}", f"{n_ctx:,}"
         )
-    elif attention != "dense" and memory.n_init + memory.max_window > n_ctx:
+    elif attention != "dense" and memory.max_window > n_ctx:
         log.warning(
-            "the memory window (n_init + n_local + block + query chunk = %s tokens) exceeds the %s-token context "
-            "the model was trained on; lower --n-local or use a smaller --preset", f"{memory.n_init + memory.max_window:,}", f"{n_ctx:,}"
+            "the memory window (n_init + n_local + block + query chunk - 1 = %s tokens) exceeds the %s-token context "
+            "the model was trained on; lower --n-local or use a smaller --preset", f"{memory.max_window:,}", f"{n_ctx:,}"
         )
 
 

@@ -109,7 +109,7 @@ def auto_preset(model_config: Any) -> str:
         return "paper"
     for name in ("paper", "small", "tiny"):
         cfg = PRESETS[name]
-        if cfg.n_init + cfg.max_window <= n_ctx:
+        if cfg.max_window <= n_ctx:
             return name
     return "tiny"
 

@@ -92,7 +92,7 @@ def test_memory_estimate_formula() -> None:
     mem = PRESETS["tiny"]
     est = estimate.estimate_memory(10_000, mem, "infllm", shape)
     assert est.blocks == -(-(10_000 - mem.n_init - mem.n_local) // mem.block_size)
-    assert est.window_bytes == (mem.n_init + mem.max_window) * shape.kv_bytes_per_token
+    assert est.window_bytes == mem.max_window * shape.kv_bytes_per_token
     assert est.total_kv_bytes > est.block_store_bytes >= est.blocks * mem.block_size * shape.kv_bytes_per_token
     assert estimate.estimate_memory(10_000, mem, "streaming", shape).blocks == 0
     assert estimate.estimate_memory(10_000, mem, "dense", shape).window_bytes == 10_000 * shape.kv_bytes_per_token
