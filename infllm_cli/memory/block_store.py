@@ -104,7 +104,8 @@ class BlockStore:
         if not self.offload:
             return self.keys, self.values, block_idx
         wanted = block_idx.tolist()
-        free = [s for s in range(self._slots_k.shape[0]) if s not in set(self._slot_of.values())]
+        used = set(self._slot_of.values())
+        free = [s for s in range(self._slots_k.shape[0]) if s not in used]
         slots = []
         for b in wanted:
             if b in self._slot_of:
