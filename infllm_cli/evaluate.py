@@ -10,6 +10,7 @@ Buckets are by target position (the index of the predicted token in the stream):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -21,13 +22,19 @@ from .models import LoadedModel
 from .runner import Runner
 
 
+def bucket_start(position: int) -> int:
+    """First position of the bucket holding ``position``: 0 below 256, else the largest power of two <= it."""
+    return 0 if position < 256 else 1 << (position.bit_length() - 1)
+
+
 def bucket_edges(n_tokens: int) -> list[int]:
     """Bucket boundaries covering positions ``0 .. n_tokens``: 0, 256, 512, 1K, 2K, 4K, 8K, ... n_tokens."""
-    edges = [0, 256, 512]
-    while edges[-1] < n_tokens:
-        edges.append(edges[-1] * 2)
-    edges = [e for e in edges if e < n_tokens] + [n_tokens]
-    return edges
+    edges = [0]
+    start = 256
+    while start < n_tokens:
+        edges.append(start)
+        start *= 2
+    return edges + [n_tokens]
 
 
 @dataclass
@@ -35,14 +42,17 @@ class PerplexityResult:
     tokens: int
     attention: str
     config: dict[str, Any]
-    nll_sum: float = 0.0
-    count: int = 0
     bucket_sums: dict[int, float] = field(default_factory=dict)  # bucket start -> NLL sum
     bucket_counts: dict[int, int] = field(default_factory=dict)
 
     @property
+    def count(self) -> int:
+        """Predicted tokens (every token but the first)."""
+        return sum(self.bucket_counts.values())
+
+    @property
     def nll(self) -> float:
-        return self.nll_sum / self.count if self.count else float("nan")
+        return sum(self.bucket_sums.values()) / self.count if self.count else float("nan")
 
     def buckets(self) -> list[dict[str, float]]:
         edges = bucket_edges(self.tokens)
@@ -79,39 +89,25 @@ def perplexity(
     config = {"backend": backend, **memory.to_dict()} if attention != "dense" else {"chunk_size": memory.chunk_size}
     sums: dict[int, float] = {}
     counts: dict[int, int] = {}
-    total, n = 0.0, 0
     prev_logits: torch.Tensor | None = None
-    edges: list[int] = [0, 256, 512]
-
-    def limited(it: Iterable[int]) -> Iterable[int]:
-        for i, tok in enumerate(it):
-            if max_tokens is not None and i >= max_tokens:
-                return
-            yield tok
-
+    limited = tokens if max_tokens is None else itertools.islice(tokens, max_tokens)
     pos = 0  # stream index of the chunk's first token
-    for chunk in runner.chunks(limited(tokens)):
+    for chunk in runner.chunks(limited):
         logits = runner.forward(chunk, logits_to_keep=0).float()  # [n, V]
-        if prev_logits is not None:
+        if prev_logits is not None:  # the previous chunk's last logits score this chunk's first token
             logits = torch.cat([prev_logits[None], logits])
-            targets = torch.tensor(chunk, device=logits.device)
-            first_target = pos
+            targets, first_target = chunk, pos
         else:
-            targets = torch.tensor(chunk[1:], device=logits.device)
-            first_target = 1
-        nll = torch.nn.functional.cross_entropy(logits[: len(targets)], targets, reduction="none").double().cpu()
+            targets, first_target = chunk[1:], 1
+        nll = torch.nn.functional.cross_entropy(
+            logits[: len(targets)], torch.tensor(targets, device=logits.device), reduction="none"
+        )
         prev_logits = logits[-1]
-        for i, value in enumerate(nll.tolist()):  # bucket by target position
-            t = first_target + i
-            while t >= edges[-1]:
-                edges.append(edges[-1] * 2)
-            start = max(e for e in edges if e <= t)
-            sums[start] = sums.get(start, 0.0) + value
-            counts[start] = counts.get(start, 0) + 1
-        total += float(nll.sum())
-        n += len(targets)
+        for t, value in enumerate(nll.double().tolist(), start=first_target):  # bucket by target position
+            b = bucket_start(t)
+            sums[b] = sums.get(b, 0.0) + value
+            counts[b] = counts.get(b, 0) + 1
         pos += len(chunk)
         if on_progress is not None:
             on_progress(pos)
-    return PerplexityResult(tokens=pos, attention=attention, config=config, nll_sum=total, count=n,
-                            bucket_sums=sums, bucket_counts=counts)
+    return PerplexityResult(tokens=pos, attention=attention, config=config, bucket_sums=sums, bucket_counts=counts)

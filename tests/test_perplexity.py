@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from infllm_cli.cli.eval_cmd import eval_app
 from infllm_cli.config import MemoryConfig
-from infllm_cli.evaluate import bucket_edges, perplexity
+from infllm_cli.evaluate import bucket_edges, bucket_start, perplexity
 from infllm_cli.models import load_model
 
 TINY_KNOBS = ["--n-init", "4", "--n-local", "64", "--block-size", "16", "--topk", "2", "--repr-topk", "2",
@@ -21,6 +21,11 @@ def test_bucket_edges():
     assert bucket_edges(8192) == [0, 256, 512, 1024, 2048, 4096, 8192]
     assert bucket_edges(5000) == [0, 256, 512, 1024, 2048, 4096, 5000]
     assert bucket_edges(20000)[-3:] == [8192, 16384, 20000]
+    assert [bucket_start(t) for t in (1, 255, 256, 511, 512, 1023, 4096, 8191)] == [0, 0, 256, 256, 512, 512, 4096, 4096]
+    # every position falls in the bucket that bucket_edges reports for it
+    edges = bucket_edges(20000)
+    for t in range(1, 20000, 97):
+        assert bucket_start(t) == max(e for e in edges[:-1] if e <= t)
 
 
 def test_perplexity_json_and_table(tiny_llama_dir, tmp_path):

@@ -104,14 +104,6 @@ class ContextMemory(Cache):
         store = self.memories[0].store
         return [store.span(b) for b in range(store.n_blocks)]
 
-    def block_store_bytes(self) -> int:
-        total = 0
-        for m in self.memories:
-            s = m.store
-            per_block = s.keys[0].numel() * s.keys.element_size() * 2 + s.repr_keys[0].numel() * s.repr_keys.element_size()
-            total += per_block * s.n_blocks
-        return total
-
     # snapshot / restore: cheap, because blocks are append-only ------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:

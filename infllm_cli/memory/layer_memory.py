@@ -79,7 +79,6 @@ class LayerMemory:
             n_kv_heads, head_dim, config.block_size, config.repr_topk, config.n_init, device, dtype,
             offload=config.offload, max_cached_block=config.max_cached_block,
         )
-        self.last_block_idx: torch.Tensor | None = None  # blocks retrieved for the latest chunk
 
     @property
     def n_local(self) -> int:
@@ -140,7 +139,6 @@ class LayerMemory:
             idx = torch.arange(store.n_blocks, device=q_mem.device)
         else:
             idx = self.backend.topk_blocks(q_mem.mean(dim=1), store.repr_keys, store.n_blocks, self.config.topk)
-        self.last_block_idx = idx
         return store.device_blocks(idx)
 
     def _evict(self, t: int) -> None:
