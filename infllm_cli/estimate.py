@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import MemoryConfig
+from .formatting import human_bytes
 
 log = logging.getLogger("infllm.estimate")
 
@@ -275,17 +276,6 @@ def estimate_memory(tokens: int, memory: MemoryConfig, attention: str, shape: Mo
     # representative keys: repr_topk keys per block (K only)
     store += blocks * memory.repr_topk * per // 2
     return MemoryEstimate(tokens, attention, blocks, window, per, window_bytes, store, window_bytes + store, memory.offload)
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def human_seconds(seconds: float) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .errors import DeviceError, ModelError
+from .formatting import one_line
 
 log = logging.getLogger("infllm.models")
 
@@ -122,8 +123,7 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto") -> 
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, attn_implementation="sdpa")
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load model {name_or_path!r}: {first}") from None
+        raise ModelError(f"cannot load model {name_or_path!r}: {one_line(exc)}") from None
     model.to(dev).eval()
     log.info("loaded %s (%s) on %s as %s", name_or_path, model.config.model_type, dev, dt)
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, dtype=dt, name=name_or_path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 from .errors import InputError, ModelError
+from .formatting import one_line
 from .sources.base import Document, ReadReport, Span
 
 log = logging.getLogger("infllm.tokens")
@@ -66,8 +67,7 @@ def load_tokenizer(name_or_path: str, *, local_files_only: bool = False) -> Any:
     try:
         return AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
     except Exception as exc:  # transformers raises OSError/ValueError/... with multi-line messages
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {first}") from exc
+        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {one_line(exc)}") from exc
 
 
 @dataclass

@@ -21,6 +21,7 @@ import typer
 from .. import __version__
 from ..config import ConfigError, GenerationConfig, MemoryConfig
 from ..errors import EXIT_INTERRUPTED, InfllmError, UsageError
+from ..formatting import one_line
 from ..progress import Reporter, logging_restored, setup_logging
 from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
@@ -79,10 +80,6 @@ def _root(
 # -- error handling ------------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "unknown error"
-
-
 @contextmanager
 def handle_errors(opts: Options) -> Iterator[None]:
     """Every failure becomes one line ``error: <message>`` on stderr and its documented exit code."""
@@ -92,9 +89,9 @@ def handle_errors(opts: Options) -> Iterator[None]:
     except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
         raise
     except InfllmError as exc:
-        _fail(_one_line(str(exc)), exc.exit_code, opts.debug)
+        _fail(one_line(exc), exc.exit_code, opts.debug)
     except ConfigError as exc:
-        _fail(_one_line(str(exc)), 2, opts.debug)
+        _fail(one_line(exc), 2, opts.debug)
     except KeyboardInterrupt:
         _flush_stdout()
         typer.echo("interrupted", err=True)
@@ -107,7 +104,7 @@ def handle_errors(opts: Options) -> Iterator[None]:
             pass
         raise typer.Exit(141)
     except Exception as exc:
-        _fail(f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (run with --debug for the traceback)", 1, opts.debug)
+        _fail(f"internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)", 1, opts.debug)
 
 
 def _fail(message: str, code: int, debug: bool) -> None:
@@ -240,7 +237,7 @@ def _quiet_library_progress() -> None:
 
 
 def stats_line(stats: dict[str, Any]) -> str:
-    from ..estimate import human_bytes
+    from ..formatting import human_bytes
 
     parts = []
     if stats.get("prefill_seconds"):
@@ -466,7 +463,8 @@ def count(
     else as characters / 4. The output says which.
     """
     with handle_errors(opts):
-        from ..estimate import choose_encoder, estimate_memory, human_bytes, human_seconds, model_shape, offline_model_config
+        from ..estimate import choose_encoder, estimate_memory, human_seconds, model_shape, offline_model_config
+        from ..formatting import human_bytes
 
         reporter = start(opts)
         document = open_document(source, opts)

@@ -10,9 +10,9 @@ newlines.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Iterable, Iterator
 
+from ..formatting import human_bytes, one_line  # noqa: F401  (re-exported for the readers)
 from .base import ReadReport
 
 LOG = logging.getLogger("infllm.sources")
@@ -22,28 +22,6 @@ MAX_SPAN_LINES = 200
 MAX_SPAN_CHARS = 16 * 1024
 """... and about this many characters (a single longer line is cut into pieces of this size)."""
 
-_WS = re.compile(r"\s+")
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """Collapse all whitespace (newlines included) of ``text`` to single spaces and cap its length.
-
-    Parameters
-    ----------
-    text
-        Anything; ``str()`` is applied (exceptions give their message).
-    limit
-        Longest result; longer text is cut and ends with ``...``.
-
-    Returns
-    -------
-    str
-        A single line, never empty for a non-empty input (``"unknown error"`` otherwise).
-    """
-    flat = _WS.sub(" ", str(text)).strip()
-    if not flat:
-        flat = type(text).__name__ if isinstance(text, BaseException) else "unknown error"
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def warn(report: ReadReport, message: str) -> None:
@@ -51,16 +29,6 @@ def warn(report: ReadReport, message: str) -> None:
     message = one_line(message, limit=500)
     LOG.warning("%s", message)
     report.warnings.append(message)
-
-
-def human_bytes(n: int) -> str:
-    """``1536`` -> ``"1.5 KiB"``; used in size-limit messages."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def chunk_paragraphs(lines: Iterable[str], max_chars: int = MAX_SPAN_CHARS) -> Iterator[str]:

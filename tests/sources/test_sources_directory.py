@@ -131,7 +131,7 @@ def test_total_size_limit(tmp_path):
     with pytest.raises(InputError) as err:
         open_source(str(root), max_bytes=1000)
     msg = str(err.value)
-    assert "--max-bytes" in msg and "1000 B" in msg and "\n" not in msg
+    assert "--max-bytes" in msg and "1,000 B" in msg and "\n" not in msg
     assert len(read_all(open_source(str(root), max_bytes=2000))) == 4
 
 
