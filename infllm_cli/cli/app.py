@@ -157,7 +157,7 @@ def start(opts: Options) -> Reporter:
 def open_document(source: str, opts: Options) -> Any:
     from ..sources import open_source
 
-    return open_source(source, password=opts.password)
+    return open_source(source, password=opts.password, max_bytes=opts.max_bytes)
 
 
 def read_with_progress(document: Any, encoder: Any, opts: Options, reporter: Reporter, *, keep_ids: bool = True) -> DocumentTokens:

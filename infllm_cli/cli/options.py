@@ -65,6 +65,7 @@ class Options:
     seed: Optional[int] = None
     # input/output
     max_tokens: Optional[int] = None
+    max_bytes: Optional[int] = None
     password: Optional[str] = None
     json: bool = False
     quiet: bool = False
@@ -146,6 +147,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
     ],
     "input": [
         ("max_tokens", Optional[int], typer.Option("--max-tokens", metavar="N", help="Refuse a source with more tokens than this (checked while reading, before any generation).", min=1, rich_help_panel=P_IO, show_default=False)),
+        ("max_bytes", Optional[int], typer.Option("--max-bytes", metavar="N", help="Largest input in bytes: the total of a directory's files (default 200 MiB), or a single file or stdin (default: no limit).", min=1, rich_help_panel=P_IO, show_default=False)),
         ("password", Optional[str], typer.Option("--password", metavar="PASSWORD", help="Password of an encrypted PDF.", rich_help_panel=P_IO, show_default=False, envvar="INFLLM_PDF_PASSWORD")),
     ],
     "output": [

@@ -247,6 +247,16 @@ def test_max_tokens_refuses_large_sources(cli, tiny_llama_dir: Path, story_txt: 
     assert_one_line_error(run(cli, "ask", story_txt, "Q?", "-m", tiny_llama_dir, *KNOBS, "--max-tokens", "50"), 3, "more than 50 tokens", "--max-tokens")
 
 
+def test_max_bytes_limits_a_directory(cli, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.txt").write_text("The captain sailed the ship across the sea. " * 40)
+    (repo / "b.txt").write_text("The first mate betrayed him. " * 40)
+    assert_one_line_error(run(cli, "ask", repo, "Q?", "-m", tiny_llama_dir, *KNOBS, "--max-bytes", "1000"), 3, "1,000 B", "--max-bytes")
+    result = run(cli, "count", repo, "--max-bytes", "100000")
+    assert result.exit_code == 0, result.stderr
+
+
 def test_invalid_memory_config_exits_2(cli, tiny_llama_dir: Path, story_txt: Path) -> None:
     assert_one_line_error(run(cli, "ask", story_txt, "Q?", "-m", tiny_llama_dir, *KNOBS, "--chunk-size", "100"), 2, "chunk_size")
     bad = run(cli, "ask", story_txt, "Q?", "-m", tiny_llama_dir, "--attention", "sparse")
