@@ -16,6 +16,7 @@ Nothing here prints: answers are produced as iterators of text deltas, progress 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -102,6 +103,24 @@ def generate_text(runner: Any, suffix: Sequence[int], gen: GenerationConfig, sto
         stream.close()
 
 
+def with_turn_stops(gen: GenerationConfig, fmt: PromptFormat) -> GenerationConfig:
+    """``gen`` plus the chat template's end-of-turn tokens as stop tokens."""
+    extra = tuple(i for i in fmt.stop_token_ids() if i not in gen.stop_token_ids)
+    return dataclasses.replace(gen, stop_token_ids=tuple(gen.stop_token_ids) + extra) if extra else gen
+
+
+def read_into(runner: Any, prefix: Sequence[int], body: Any, on_progress: Callable[[int], None] | None) -> tuple[int, float]:
+    """Empty the runner's memory and stream ``prefix`` then ``body`` into it.
+
+    ``on_progress`` sees the body's tokens fed so far, counting the prefix. Returns (tokens fed, seconds).
+    """
+    runner.reset()
+    start = time.perf_counter()
+    base = runner.feed(prefix) if prefix else 0
+    fed = base + runner.feed(body, (lambda n: on_progress(base + n)) if on_progress else None)
+    return fed, time.perf_counter() - start
+
+
 # -- stats -------------------------------------------------------------------------------------------
 
 
@@ -166,21 +185,10 @@ class DocumentSession:
         if self.format is None:
             self.format = PromptFormat.for_tokenizer(self.runner.loaded.tokenizer)
 
-    def generation(self, gen: GenerationConfig) -> GenerationConfig:
-        """``gen`` plus the template's end-of-turn tokens as stop tokens."""
-        extra = tuple(i for i in self.format.stop_token_ids() if i not in gen.stop_token_ids)
-        if not extra:
-            return gen
-        return GenerationConfig(gen.max_new_tokens, gen.temperature, gen.top_p, gen.seed, tuple(gen.stop_token_ids) + extra)
-
     def read(self, document: DocumentTokens, on_progress: Callable[[int], None] | None = None) -> int:
         """Reset the memory, stream the question prefix and the document in, and remember that state."""
         prefix = self.format.qa_prefix()
-        self.runner.reset()
-        start = time.perf_counter()
-        fed = self.runner.feed(prefix) if prefix else 0
-        fed += self.runner.feed(document.ids, (lambda n: on_progress(fed + n)) if on_progress else None)
-        self.read_seconds = time.perf_counter() - start
+        fed, self.read_seconds = read_into(self.runner, prefix, document.ids, on_progress)
         log.debug("document read: %d tokens fed (prefix %d) in %.2fs", fed, len(prefix), self.read_seconds)
         self.document = document
         self._snapshot = self.runner.snapshot()
@@ -195,7 +203,7 @@ class DocumentSession:
             self.runner.restore(self._snapshot)
         self._used = True
         suffix = self.format.qa_suffix(question, history)
-        return generate_text(self.runner, suffix, self.generation(gen), self.format.stop_strings())
+        return generate_text(self.runner, suffix, with_turn_stops(gen, self.format), self.format.stop_strings())
 
     def stats(self, since: StatsMark, extra: dict | None = None) -> dict[str, Any]:
         return answer_stats(self.runner, self.document, self.read_seconds, since, extra)
@@ -327,17 +335,10 @@ class Summarizer:
         n_local = self.runner.config.n_local
         return plan_parts(doc, min_tokens=max(n_local // 2, 64), max_untitled_tokens=max(4 * n_local, 1024))
 
-    def _generation(self, gen: GenerationConfig) -> GenerationConfig:
-        extra = tuple(i for i in self.format.stop_token_ids() if i not in gen.stop_token_ids)
-        return GenerationConfig(gen.max_new_tokens, gen.temperature, gen.top_p, gen.seed, tuple(gen.stop_token_ids) + extra)
-
     def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None) -> Iterator[str]:
-        self.runner.reset()
-        start = time.perf_counter()
-        fed = self.runner.feed(prefix) if prefix else 0
-        self.runner.feed(body, (lambda n: on_progress(fed + n)) if on_progress else None)
-        self.read_seconds += time.perf_counter() - start
-        return generate_text(self.runner, suffix, self._generation(gen), ())
+        _, seconds = read_into(self.runner, prefix, body, on_progress)
+        self.read_seconds += seconds
+        return generate_text(self.runner, suffix, with_turn_stops(gen, self.format), ())
 
     def whole(self, doc: DocumentTokens, kind: str, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
         """One summary (``kind`` brief or detailed) of the whole document."""
