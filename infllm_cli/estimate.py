@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import MemoryConfig
-from .formatting import human_bytes
 
 log = logging.getLogger("infllm.estimate")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TextIO
 
@@ -208,12 +207,3 @@ class Reporter:
             return
         with self.task(description, unit="tokens") as update:
             yield lambda n: update(n)
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start

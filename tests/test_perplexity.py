@@ -80,3 +80,22 @@ def test_stories260k_length_extrapolation(stories_dir):
     for s, i in zip(reports["streaming"]["buckets"], reports["infllm"]["buckets"]):
         assert i["nll"] <= 1.05 * s["nll"], (i, s)
         assert i["nll"] < 1.5, i
+
+
+def test_perplexity_errors_are_one_line(tiny_llama_dir, tmp_path):
+    """Bad input gets one line on stderr and its exit code, like every other command, never a traceback."""
+    runner = CliRunner()
+    model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
+    cases = [
+        (["perplexity", str(tmp_path / "missing.txt"), *model], 3, "no such file"),
+        (["perplexity", str(tmp_path / "missing.json"), "--token-ids", *model], 3, "no such file"),
+        (["perplexity", str(tiny_llama_dir / "config.json"), "--token-ids", *model], 3, "JSON array of"),
+        (["perplexity", str(tiny_llama_dir / "config.json"), *model, "--n-local", "8"], 2, "exc_block_size"),
+        (["perplexity", str(tiny_llama_dir / "config.json"), "--model", str(tmp_path)], 5, "no config.json"),
+    ]
+    for args, code, fragment in cases:
+        result = runner.invoke(eval_app, args)
+        assert result.exit_code == code, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+        assert "Traceback" not in result.output and result.stdout == ""

@@ -9,25 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
-import click
 import typer
 
 from .. import __version__
-from ..config import ConfigError, GenerationConfig, MemoryConfig
-from ..errors import EXIT_INTERRUPTED, InfllmError, UsageError
-from ..formatting import one_line
-from ..progress import Reporter, logging_restored, setup_logging
+from ..config import GenerationConfig, MemoryConfig
+from ..errors import EXIT_INTERRUPTED, UsageError
+from ..progress import Reporter
 from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
 from ..tokens import UNIT_NAMES, DocumentTokens, HFEncoder, describe_source, load_tokenizer, read_tokens
 from .eval_cmd import eval_app
 from .options import STYLES, Options, shared
+from .runtime import handle_errors, quiet_library_progress, start
 
 log = logging.getLogger("infllm.cli")
 
@@ -77,51 +74,6 @@ def _root(
     """Root options."""
 
 
-# -- error handling ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def handle_errors(opts: Options) -> Iterator[None]:
-    """Every failure becomes one line ``error: <message>`` on stderr and its documented exit code."""
-    try:
-        with logging_restored():
-            yield
-    except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-        raise
-    except InfllmError as exc:
-        _fail(one_line(exc), exc.exit_code, opts.debug)
-    except ConfigError as exc:
-        _fail(one_line(exc), 2, opts.debug)
-    except KeyboardInterrupt:
-        _flush_stdout()
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
-    except BrokenPipeError:
-        # the reader of stdout went away (e.g. `| head`): stop quietly
-        try:
-            sys.stdout = open("/dev/null", "w")  # noqa: SIM115
-        except OSError:
-            pass
-        raise typer.Exit(141)
-    except Exception as exc:
-        _fail(f"internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)", 1, opts.debug)
-
-
-def _fail(message: str, code: int, debug: bool) -> None:
-    _flush_stdout()
-    if debug:
-        traceback.print_exc(file=sys.stderr)
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _flush_stdout() -> None:
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
-
-
 # -- shared steps --------------------------------------------------------------------------------------
 
 
@@ -147,11 +99,6 @@ class Prepared:
     memory: MemoryConfig
     preset_name: str
     gen: GenerationConfig
-
-
-def start(opts: Options) -> Reporter:
-    console = setup_logging(quiet=opts.quiet, verbose=opts.verbose, debug=opts.debug)
-    return Reporter.for_cli(console, quiet=opts.quiet)
 
 
 def open_document(source: str, opts: Options) -> Any:
@@ -213,27 +160,11 @@ def load_runner(prep: Prepared) -> Any:
     from ..runner import Runner
 
     opts = prep.opts
-    _quiet_library_progress()
+    quiet_library_progress()
     with prep.reporter.status(f"loading {prep.model_name}"):
         loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype)
     log.debug("loaded %s on %s as %s", prep.model_name, loaded.device, loaded.dtype)
     return Runner(loaded, prep.memory, attention=opts.attention, backend=opts.backend)
-
-
-def _quiet_library_progress() -> None:
-    """transformers/huggingface_hub draw their own tqdm bars on stderr; ours replace them."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except Exception:  # pragma: no cover
-        pass
 
 
 def stats_line(stats: dict[str, Any]) -> str:
@@ -292,7 +223,7 @@ SourceArg = Annotated[str, typer.Argument(metavar="SOURCE", help="File, director
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "input", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "output")
 def ask(
     source: SourceArg,
     question: Annotated[Optional[str], typer.Argument(metavar="QUESTION", help="The question.", show_default=False)] = None,
@@ -330,7 +261,7 @@ def ask(
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "input", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "output")
 def summarize(
     source: SourceArg,
     style: Annotated[str, typer.Option("--style", metavar="STYLE", help="brief: one overall summary; detailed: one thorough summary, or per section when the source is longer than the local window; sections: a summary per section (PDF outline, headings, files) then an overall one.", callback=lambda v: _check_style(v))] = "brief",
@@ -391,7 +322,7 @@ def _check_style(value: str) -> str:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "input", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "output")
 def chat(
     source: SourceArg,
     independent: Annotated[bool, typer.Option("--independent", help="Answer each question on its own, without the earlier turns.")] = False,
@@ -449,7 +380,7 @@ def _isatty(stream: Any) -> bool:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "memory", "input", "output")
+@shared("model", "memory", "source", "limit", "output")
 def count(
     source: SourceArg,
     tokens_per_second: Annotated[Optional[float], typer.Option("--tokens-per-second", metavar="RATE", help="Prefill speed you measured (`infllm ask` prints it on stderr); gives a time estimate.", min=0.001, show_default=False)] = None,

@@ -1,4 +1,8 @@
-"""``infllm eval perplexity``: per-token NLL of a text under infllm, streaming (sink + window) or dense attention."""
+"""``infllm eval perplexity``: per-token NLL of a text under infllm, streaming (sink + window) or dense attention.
+
+The model, backend, memory, source and output options are the shared ones (:mod:`.options`); errors are
+one line with their exit code like every other command (:mod:`.runtime`).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
 from ..errors import InputError
+from .options import Options, shared
+from .runtime import handle_errors, quiet_library_progress, start
 
 eval_app = typer.Typer(help="Measure how well the model reads long inputs.", no_args_is_help=True)
 
@@ -20,19 +26,21 @@ def _group() -> None:
     """Measure how well the model reads long inputs."""
 
 
-def text_token_ids(source: str, tokenizer, password: Optional[str]) -> Iterator[int]:
+def text_token_ids(source: str, tokenizer: Any, opts: Options) -> Iterator[int]:
     """Token ids of a source, streamed piece by piece, tokenized as the tokenizer does by default
     (special tokens such as BOS added once at the start; special-token strings in the text honoured)."""
     from ..sources import open_source
     from ..tokens import pieces
 
     first = True
-    for piece in pieces(open_source(source, password=password)):
+    for piece in pieces(open_source(source, password=opts.password, max_bytes=opts.max_bytes)):
         yield from tokenizer(piece.text, add_special_tokens=first)["input_ids"]
         first = False
 
 
 def json_token_ids(source: str) -> list[int]:
+    if source != "-" and not Path(source).is_file():
+        raise InputError(f"no such file: {source}")
     raw = sys.stdin.read() if source == "-" else Path(source).read_text()
     try:
         ids = json.loads(raw)
@@ -43,7 +51,7 @@ def json_token_ids(source: str) -> list[int]:
     return ids
 
 
-def format_table(result) -> str:
+def format_table(result: Any) -> str:
     """Human-readable table of a :class:`~infllm_cli.evaluate.PerplexityResult`."""
     lines = [f"attention {result.attention}: {result.tokens:,} tokens, NLL {result.nll:.4f} nats, PPL {math.exp(result.nll):.3f}",
              f"{'positions':>15}  {'NLL':>8}  {'PPL':>9}"]
@@ -53,42 +61,32 @@ def format_table(result) -> str:
 
 
 @eval_app.command("perplexity")
+@shared("model", "backend", "memory", "source", "output")
 def perplexity_cmd(
-    source: Annotated[str, typer.Argument(help="Text source (file, directory, PDF, ... or - for stdin).")],
-    model: Annotated[Optional[str], typer.Option(help="Model directory or cached hub id (default: INFLLM_MODEL, config file, built-in default).")] = None,
-    attention: Annotated[str, typer.Option(help="infllm | streaming (n_init sinks + n_local window) | dense.")] = "infllm",
+    source: Annotated[str, typer.Argument(help="Text source (file, directory, PDF, ... or - for stdin).", metavar="SOURCE")],
     token_ids: Annotated[bool, typer.Option("--token-ids", help="SOURCE is a JSON array of token ids.")] = False,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Score at most this many tokens.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16.")] = "auto",
-    backend: Annotated[str, typer.Option(help="Memory attention ops: auto | torch | triton.")] = "auto",
-    preset: Annotated[str, typer.Option(help="Memory preset: paper | small | tiny; knobs below override it.")] = "paper",
-    n_init: Annotated[Optional[int], typer.Option(help="Initial tokens always attended.")] = None,
-    n_local: Annotated[Optional[int], typer.Option(help="Local window (tokens).")] = None,
-    block_size: Annotated[Optional[int], typer.Option(help="Tokens per memory block.")] = None,
-    topk: Annotated[Optional[int], typer.Option(help="Blocks retrieved per query chunk.")] = None,
-    repr_topk: Annotated[Optional[int], typer.Option(help="Representative keys per block.")] = None,
-    exc_block_size: Annotated[Optional[int], typer.Option(help="Query chunk sharing one retrieval.")] = None,
-    chunk_size: Annotated[Optional[int], typer.Option(help="Prefill chunk (a multiple of --exc-block-size).")] = None,
-    password: Annotated[Optional[str], typer.Option(help="Password of an encrypted PDF.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", metavar="N", min=2, help="Score only the first N tokens.")] = None,
+    opts: Options = None,  # type: ignore[assignment]  # filled by @shared
 ) -> None:
     """Per-token negative log-likelihood of SOURCE, overall and by position bucket (0-256, 256-512, 512-1K, ...)."""
-    from ..config import ATTENTION_MODES, preset as get_preset
-    from ..errors import UsageError
-    from ..evaluate import perplexity  # torch/transformers: imported only when the command runs
-    from ..models import load_model
-    from ..settings import resolve_model
+    with handle_errors(opts):
+        from ..evaluate import perplexity  # torch/transformers: imported only when the command runs
+        from ..models import load_model, read_model_config
+        from ..settings import resolve_model
 
-    if attention not in ATTENTION_MODES:
-        raise UsageError(f"unknown --attention {attention!r}; choose one of: {', '.join(ATTENTION_MODES)}")
-    memory = get_preset(preset).replace(
-        n_init=n_init, n_local=n_local, block_size=block_size, topk=topk, repr_topk=repr_topk,
-        exc_block_size=exc_block_size, chunk_size=chunk_size,
-    )
-    loaded = load_model(resolve_model(model).name, device=device, dtype=dtype)
-    ids = json_token_ids(source) if token_ids else text_token_ids(source, loaded.tokenizer, password)
-    result = perplexity(loaded, ids, memory, attention=attention, backend=backend, max_tokens=max_tokens)
-    if result.count == 0:
-        raise InputError(f"{source}: fewer than two tokens, nothing to score")
-    typer.echo(json.dumps(result.to_dict()) if json_out else format_table(result))
+        reporter = start(opts)
+        model_name = resolve_model(opts.model).name
+        memory, preset_name = opts.memory_config(read_model_config(model_name))
+        ids = json_token_ids(source) if token_ids else None
+        quiet_library_progress()
+        with reporter.status(f"loading {model_name}"):
+            loaded = load_model(model_name, device=opts.device, dtype=opts.dtype)
+        if ids is None:
+            ids = text_token_ids(source, loaded.tokenizer, opts)
+        with reporter.task(f"scoring {source}", total=max_tokens) as update:
+            result = perplexity(loaded, ids, memory, attention=opts.attention, backend=opts.backend,
+                                max_tokens=max_tokens, on_progress=update)
+        if result.count == 0:
+            raise InputError(f"{source}: fewer than two tokens, nothing to score")
+        result.config["preset"] = preset_name
+        typer.echo(json.dumps(result.to_dict()) if opts.json else format_table(result))

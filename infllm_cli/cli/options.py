@@ -145,10 +145,12 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("top_p", float, typer.Option("--top-p", metavar="P", help="Nucleus sampling (with --temperature > 0).", min=0.0, max=1.0, rich_help_panel=P_GEN)),
         ("seed", Optional[int], typer.Option("--seed", metavar="N", help="Random seed for sampling.", rich_help_panel=P_GEN, show_default=False)),
     ],
-    "input": [
-        ("max_tokens", Optional[int], typer.Option("--max-tokens", metavar="N", help="Refuse a source with more tokens than this (checked while reading, before any generation).", min=1, rich_help_panel=P_IO, show_default=False)),
+    "source": [
         ("max_bytes", Optional[int], typer.Option("--max-bytes", metavar="N", help="Largest input in bytes: the total of a directory's files (default 200 MiB), or a single file or stdin (default: no limit).", min=1, rich_help_panel=P_IO, show_default=False)),
         ("password", Optional[str], typer.Option("--password", metavar="PASSWORD", help="Password of an encrypted PDF.", rich_help_panel=P_IO, show_default=False, envvar="INFLLM_PDF_PASSWORD")),
+    ],
+    "limit": [
+        ("max_tokens", Optional[int], typer.Option("--max-tokens", metavar="N", help="Refuse a source with more tokens than this (checked while reading, before any generation).", min=1, rich_help_panel=P_IO, show_default=False)),
     ],
     "output": [
         ("json", bool, typer.Option("--json", help="Print JSON on stdout instead of text.", rich_help_panel=P_IO)),

@@ -26,7 +26,7 @@ import typing
 
 from ..errors import InputError
 from .base import Document, ReadReport, Span
-from .common import human_bytes, one_line
+from ..formatting import human_bytes, one_line
 from .directory import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILE_BYTES, DirectoryDocument
 from .epub import EpubDocument
 from .html import HtmlDocument

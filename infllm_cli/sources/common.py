@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Iterator
 
-from ..formatting import human_bytes, one_line  # noqa: F401  (re-exported for the readers)
+from ..formatting import one_line
 from .base import ReadReport
 
 LOG = logging.getLogger("infllm.sources")

@@ -38,7 +38,8 @@ import pathspec
 
 from ..errors import InputError
 from .base import ReadReport, Span
-from .common import LOG, human_bytes, one_line, warn
+from ..formatting import human_bytes, one_line
+from .common import LOG, warn
 from .epub import EpubDocument
 from .pdf import PdfDocument
 from .sniff import SNIFF_BYTES, binary_reason, has_binary_extension, is_pdf, is_zip, text_kind, zip_is_epub

@@ -25,7 +25,8 @@ from xml.etree import ElementTree
 
 from ..errors import InputError
 from .base import ReadReport, Span
-from .common import one_line, warn
+from ..formatting import one_line
+from .common import warn
 from .encoding import ENCODING_SAMPLE
 from .html import HtmlDocument
 

@@ -33,7 +33,8 @@ from pypdf.errors import DependencyError
 
 from ..errors import InputError, PdfError
 from .base import ReadReport, Span
-from .common import LOG, one_line, warn
+from ..formatting import one_line
+from .common import LOG, warn
 
 
 class NeedsOcrError(PdfError):

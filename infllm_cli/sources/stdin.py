@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from ..errors import InputError
 from .base import Document
-from .common import human_bytes
+from ..formatting import human_bytes
 from .encoding import ENCODING_SAMPLE
 from .epub import EpubDocument
 from .html import HtmlDocument
