@@ -102,8 +102,9 @@ def read_model_config(name_or_path: str) -> Any:
     return config
 
 
-def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load model and tokenizer, in eval mode on ``device``.
+def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", tokenizer: Any = None) -> LoadedModel:
+    """Load model and tokenizer (unless one is passed, e.g. already used to read the document), in eval
+    mode on ``device``.
 
     Raises :class:`ModelError` for an unknown model, a directory without weights or an unsupported
     architecture, and :class:`DeviceError` for a device or dtype that cannot be used.
@@ -120,7 +121,8 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto") -> 
         source = name_or_path
     read_model_config(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, attn_implementation="sdpa")
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {name_or_path!r}: {one_line(exc)}") from None

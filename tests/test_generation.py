@@ -129,3 +129,9 @@ def test_restore_answers_every_question_from_the_same_read(tiny_llama_dir, atten
     runner.restore(after_doc)
     assert runner.tokens_seen == 247
     assert "".join(runner.generate([9, 10, 11], gen)) == first
+
+
+def test_load_model_reuses_a_given_tokenizer(tiny_llama_dir):
+    first = load_model(str(tiny_llama_dir), device="cpu")
+    again = load_model(str(tiny_llama_dir), device="cpu", tokenizer=first.tokenizer)
+    assert again.tokenizer is first.tokenizer

@@ -94,6 +94,7 @@ class Prepared:
     opts: Options
     reporter: Reporter
     doc: DocumentTokens
+    tokenizer: Any
     model_name: str
     model_config: Any
     memory: MemoryConfig
@@ -135,7 +136,7 @@ def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     doc = read_with_progress(document, HFEncoder(tokenizer), opts, reporter)
     log.info("%s", doc.describe())
     check_fit(doc, memory, opts.attention, model_config)
-    return Prepared(opts, reporter, doc, model_name, model_config, memory, preset_name, gen)
+    return Prepared(opts, reporter, doc, tokenizer, model_name, model_config, memory, preset_name, gen)
 
 
 def check_fit(doc: DocumentTokens, memory: MemoryConfig, attention: str, model_config: Any) -> None:
@@ -162,7 +163,7 @@ def load_runner(prep: Prepared) -> Any:
     opts = prep.opts
     quiet_library_progress()
     with prep.reporter.status(f"loading {prep.model_name}"):
-        loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype)
+        loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype, tokenizer=prep.tokenizer)
     log.debug("loaded %s on %s as %s", prep.model_name, loaded.device, loaded.dtype)
     return Runner(loaded, prep.memory, attention=opts.attention, backend=opts.backend)
 
