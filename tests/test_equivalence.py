@@ -42,6 +42,10 @@ ROPE_VARIANTS = {
     "llama3": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                    original_max_position_embeddings=128),
     "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=128),
+    "dynamic": dict(rope_type="dynamic", factor=2.0),
+    # the window (WIDE.max_window + 1 = 564 positions) fits the original context: short factors, as dense uses
+    "longrope": dict(rope_type="longrope", factor=4.0, short_factor=[1.0 + 0.1 * i for i in range(8)],
+                     long_factor=[2.0 + 0.2 * i for i in range(8)], original_max_position_embeddings=1024),
 }
 
 
@@ -51,7 +55,7 @@ def test_rope_variants_equal_dense(tmp_path, variant):
     tok = make_tokenizer()
     config = transformers.LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024,
+        num_key_value_heads=2, max_position_embeddings=4096 if variant == "longrope" else 1024,
         rope_parameters={**ROPE_VARIANTS[variant], "rope_theta": 10000.0},
     )
     torch.manual_seed(0)
@@ -93,3 +97,26 @@ def test_streaming_differs_from_infllm_only_by_retrieval(tiny_llama_dir):
     first_eviction = NARROW.n_init + NARROW.block_size + NARROW.n_local
     torch.testing.assert_close(infllm[:first_eviction], streaming[:first_eviction])
     assert (infllm - streaming).abs().max().item() > 1e-4
+
+
+def test_length_dependent_rope_is_taken_at_the_window_length():
+    """LongRoPE / dynamic NTK choose frequencies by sequence length; the memory never shows a distance beyond
+    its window, so the table uses the frequencies the model would use for a sequence as long as the window."""
+    from infllm_cli.memory.rope import RotaryTable
+
+    def rotary(original: int):
+        config = transformers.LlamaConfig(
+            hidden_size=64, num_attention_heads=4, max_position_embeddings=4 * original,
+            rope_parameters={**ROPE_VARIANTS["longrope"], "original_max_position_embeddings": original,
+                             "rope_theta": 10000.0},
+        )
+        return transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
+
+    positions = WIDE.max_window + 1
+    short = RotaryTable(rotary(1024), positions, torch.device("cpu"))  # window inside the original context
+    long = RotaryTable(rotary(256), positions, torch.device("cpu"))  # window beyond it
+    angle_short = torch.atan2(short.sin[1], short.cos[1])[:8]
+    angle_long = torch.atan2(long.sin[1], long.cos[1])[:8]
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, 16, 2).float() / 16))
+    torch.testing.assert_close(angle_short, inv_freq / torch.tensor(ROPE_VARIANTS["longrope"]["short_factor"]))
+    torch.testing.assert_close(angle_long, inv_freq / torch.tensor(ROPE_VARIANTS["longrope"]["long_factor"]))

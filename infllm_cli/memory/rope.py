@@ -11,6 +11,11 @@ YaRN / LongRoPE use). The memory then rotates them itself, at positions *relativ
 Because the cos/sin tables come from the model's rotary module, every RoPE variant it implements
 (default, linear, dynamic, llama3, yarn, longrope, partial rotary as in Phi-3) is honoured. All supported
 families use the ``rotate_half`` layout on the first ``rotary_dim`` channels.
+
+Variants whose frequencies depend on the sequence length (dynamic NTK, LongRoPE's short/long factors) are
+tabulated at the window's length (``max_window + 1`` positions): the longest distance the memory ever
+presents, whatever the length of the stream. With a window inside the model's original context they
+therefore stay at their in-distribution frequencies.
 """
 
 from __future__ import annotations
