@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -33,6 +33,8 @@ log = logging.getLogger("infllm.runner")
 
 @dataclass
 class RunStats:
+    """Counters accumulated over a runner's life (``dataclasses.asdict`` gives a dict)."""
+
     tokens_read: int = 0
     blocks: int = 0
     prefill_seconds: float = 0.0
@@ -40,13 +42,6 @@ class RunStats:
     generated_tokens: int = 0
     peak_memory_bytes: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["prefill_tokens_per_second"] = self.tokens_read / self.prefill_seconds if self.prefill_seconds else None
-        d["generate_tokens_per_second"] = (
-            self.generated_tokens / self.generate_seconds if self.generate_seconds else None
-        )
-        return d
 
 
 def peak_memory_bytes(device: torch.device) -> int:
