@@ -7,6 +7,9 @@ cryptic, and whose interpreter silently reads out of bounds).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import triton
 
@@ -76,3 +79,42 @@ def check_out(
 def nonempty(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """An empty tensor may carry a null data pointer; hand the kernel a valid one it never reads."""
     return t if t.numel() > 0 else fallback
+
+
+@dataclass(frozen=True)
+class QueryWindow:
+    """Shapes shared by the launchers that read a query chunk against a local window."""
+
+    device: torch.device
+    dtype: torch.dtype
+    h: int  # query heads
+    n_q: int  # queries in the chunk
+    d: int  # head dim
+    n_kv: int  # key/value heads
+    n_l: int  # local-window keys
+
+
+def check_query_window(q_local: torch.Tensor, k_local: torch.Tensor, scale: float) -> QueryWindow:
+    """Validate ``q_local`` [H, L, D], ``k_local`` [Hkv, Nl, D] in q's dtype (H % Hkv == 0, Nl >= L) and ``scale``."""
+    check_tensor("q_local", q_local, (None, None, None), FLOAT_DTYPES, q_local.device)
+    device, dtype = q_local.device, q_local.dtype
+    check_device(device)
+    h, n_q, d = q_local.shape
+    check_tensor("k_local", k_local, (None, None, d), (dtype,), device)
+    n_kv, n_l, _ = k_local.shape
+    if n_kv == 0 or h % n_kv != 0:
+        raise ValueError(f"query heads ({h}) must be a positive multiple of key/value heads ({n_kv})")
+    if n_l < n_q:
+        raise ValueError(f"the local window ({n_l} keys) must hold the chunk's {n_q} queries")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return QueryWindow(device, dtype, h, n_q, d, n_kv, n_l)
+
+
+def resolve_upcast(upcast: bool | None, dtype: torch.dtype) -> bool:
+    """Compute on fp32 tiles by default under the interpreter (which gets bf16 arithmetic wrong) and for
+    fp32 inputs; refuse an explicit ``upcast=False`` for bf16 under the interpreter."""
+    upcast = (INTERPRETED or dtype == torch.float32) if upcast is None else upcast
+    if not upcast and dtype == torch.bfloat16 and INTERPRETED:
+        raise ValueError("upcast=False with bfloat16 under the Triton interpreter computes wrong results")
+    return upcast

@@ -13,13 +13,11 @@ visible pairs (query i sees key j iff j <= i + Nl - L). The score matrix is neve
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import FLOAT_DTYPES, INTERPRETED, block_d, check_device, check_out, check_tensor, on_gpu
+from ._launch import FLOAT_DTYPES, block_d, check_out, check_query_window, check_tensor, on_gpu, resolve_upcast
 
 LOG2E = 1.4426950408889634
 
@@ -101,19 +99,9 @@ def attention_mass_fwd(
     -------
     mass : [Nl] float32
     """
-    check_tensor("q_local", q_local, (None, None, None), FLOAT_DTYPES, q_local.device)
-    device, dtype = q_local.device, q_local.dtype
-    check_device(device)
-    h, n_q, d = q_local.shape
-    check_tensor("k_local", k_local, (None, None, d), (dtype,), device)
-    n_kv, n_l, _ = k_local.shape
-    if n_kv == 0 or h % n_kv != 0:
-        raise ValueError(f"query heads ({h}) must be a positive multiple of key/value heads ({n_kv})")
-    if n_l < n_q:
-        raise ValueError(f"the local window ({n_l} keys) must hold the chunk's {n_q} queries")
+    w = check_query_window(q_local, k_local, scale)
+    device, dtype, h, n_q, d, n_kv, n_l = w.device, w.dtype, w.h, w.n_q, w.d, w.n_kv, w.n_l
     check_tensor("lse", lse, (h, n_q), FLOAT_DTYPES, device)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
     check_out("out", out, (n_l,), torch.float32, device)
     out = torch.empty(n_l, dtype=torch.float32, device=device) if out is None else out
     if n_l == 0:
@@ -121,9 +109,7 @@ def attention_mass_fwd(
     if n_q == 0 or d == 0:
         return out.zero_()
 
-    upcast = (INTERPRETED or dtype == torch.float32) if upcast is None else upcast
-    if not upcast and dtype == torch.bfloat16 and INTERPRETED:
-        raise ValueError("upcast=False with bfloat16 under the Triton interpreter computes wrong results")
+    upcast = resolve_upcast(upcast, dtype)
     # one KV head writes the result directly; several write partial rows summed deterministically below
     partial = out.view(1, n_l) if n_kv == 1 else torch.empty((n_kv, n_l), dtype=torch.float32, device=device)
 

@@ -17,23 +17,11 @@ tutorial (jit kernel, validating launcher, public function):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    INTERPRETED,
-    block_d,
-    check_device,
-    check_out,
-    check_tensor,
-    nonempty,
-    on_gpu,
-)
+from ._launch import INDEX_DTYPES, block_d, check_out, check_query_window, check_tensor, nonempty, on_gpu, resolve_upcast
 
 LOG2E = 1.4426950408889634
 
@@ -200,17 +188,9 @@ def memory_attention_fwd(
     out : [H, L, D] in q's dtype
     lse : [H, L] float32, natural log
     """
-    check_tensor("q_local", q_local, (None, None, None), FLOAT_DTYPES, q_local.device)
-    device, dtype = q_local.device, q_local.dtype
-    check_device(device)
-    h, n_q, d = q_local.shape
+    w = check_query_window(q_local, k_local, scale)
+    device, dtype, h, n_q, d, n_kv, n_l = w.device, w.dtype, w.h, w.n_q, w.d, w.n_kv, w.n_l
     check_tensor("q_mem", q_mem, (h, n_q, d), (dtype,), device)
-    check_tensor("k_local", k_local, (None, None, d), (dtype,), device)
-    n_kv, n_l, _ = k_local.shape
-    if n_kv == 0 or h % n_kv != 0:
-        raise ValueError(f"query heads ({h}) must be a positive multiple of key/value heads ({n_kv})")
-    if n_l < n_q:
-        raise ValueError(f"the local window ({n_l} keys) must hold the chunk's {n_q} queries")
     check_tensor("v_local", v_local, (n_kv, n_l, d), (dtype,), device)
     check_tensor("k_init", k_init, (n_kv, None, d), (dtype,), device)
     n_i = k_init.shape[1]
@@ -226,8 +206,6 @@ def memory_attention_fwd(
         raise ValueError(f"block_idx selects {n_sel} blocks from an empty block store {list(k_blocks.shape)}")
     if n_sel > 0 and device.type == "cpu" and (int(block_idx.min()) < 0 or int(block_idx.max()) >= n_b):
         raise ValueError(f"block_idx must lie in [0, {n_b}), got [{int(block_idx.min())}, {int(block_idx.max())}]")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
     check_out("out", out, (h, n_q, d), dtype, device)
     check_out("lse", lse, (h, n_q), torch.float32, device)
     out = torch.empty((h, n_q, d), dtype=dtype, device=device) if out is None else out
@@ -235,9 +213,7 @@ def memory_attention_fwd(
     if h == 0 or n_q == 0 or d == 0:
         return out, lse
 
-    upcast = (INTERPRETED or dtype == torch.float32) if upcast is None else upcast
-    if not upcast and dtype == torch.bfloat16 and INTERPRETED:
-        raise ValueError("upcast=False with bfloat16 under the Triton interpreter computes wrong results")
+    upcast = resolve_upcast(upcast, dtype)
     g = h // n_kv
     # strides first: an empty segment is then swapped for a valid pointer the kernel never reads
     stride_args = [
