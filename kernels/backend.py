@@ -31,12 +31,13 @@ class BackendError(RuntimeError):
 
 @dataclass(frozen=True)
 class Backend:
-    """The three ops of the memory path; see :mod:`infllm_kernels.reference` for shapes."""
+    """The ops of the memory path; see :mod:`infllm_kernels.reference` for shapes."""
 
     name: str
     memory_attention: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     attention_mass: Callable[..., torch.Tensor]
     topk_blocks: Callable[..., torch.Tensor]
+    block_scores: Callable[..., torch.Tensor]
     fused_attention_and_mass: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def attention_and_mass(self, q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks,
@@ -56,6 +57,7 @@ TORCH = Backend(
     memory_attention=reference.memory_attention_ref,
     attention_mass=reference.attention_mass_ref,
     topk_blocks=reference.topk_blocks_ref,
+    block_scores=reference.block_scores_ref,
     fused_attention_and_mass=reference.memory_attention_and_mass_ref,
 )
 
@@ -72,6 +74,7 @@ def _triton_backend() -> Backend:
         memory_attention=triton_ops.memory_attention,
         attention_mass=triton_ops.attention_mass,
         topk_blocks=triton_ops.topk_blocks,
+        block_scores=triton_ops.block_scores,
     )
 
 

@@ -8,8 +8,10 @@ tutorial (jit kernel, validating launcher, public function):
   loaded once per group: GQA without repeating K/V.
 * segment 1, initial tokens: contiguous ``k_init``/``v_init``, scored with ``q_mem``, no mask.
 * segment 2, retrieved blocks: the K selected blocks are read in place from the block store
-  ``k_blocks``/``v_blocks`` [NB, Hkv, bs, D] by pointer arithmetic (token t of the gathered sequence lives
-  in block ``block_idx[t // bs]`` at row ``t % bs``); nothing is copied. Scored with ``q_mem``, no mask.
+  ``k_blocks``/``v_blocks`` [NB, Hkv, bs, D] by pointer arithmetic (token t of KV head kv's gathered
+  sequence lives in block ``block_idx[kv, t // bs]`` at row ``t % bs``; a shared [K] selection is read
+  with a zero head stride); nothing is copied. Scored with ``q_mem``; the tokens of an empty slot
+  (index -1) are masked out, exactly as if absent, and never read. A repeated index is attended twice.
 * segment 3, local window: ``q_local`` against ``k_local``, bottom-right aligned causal mask; tiles wholly
   below the diagonal of every row in the program skip the mask.
 * fp32 running max / sum / accumulator; exp2 with log2(e) folded into the scale; ``lse`` in natural log.
@@ -71,6 +73,7 @@ def _memory_attention_kernel(
     s_kl_h, s_kl_n, s_vl_h, s_vl_n,
     s_ki_h, s_ki_n, s_vi_h, s_vi_n,
     s_kb_b, s_kb_h, s_kb_n, s_vb_b, s_vb_h, s_vb_n,
+    s_idx_h,
     s_o_h, s_o_l, s_lse_h,
     L, NL, NI, NMEM, BS, G, D,
     qk_scale,
@@ -104,11 +107,12 @@ def _memory_attention_kernel(
         v = _load(V_ini + kv * s_vi_h + n[:, None] * s_vi_n + d[None, :], kv_mask, UPCAST)
         acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q_mem, k, v, n_ok[None, :], qk_scale, True, DOT_PREC)
 
-    # -- segment 2: retrieved blocks, gathered in place from the block store (q_mem, no mask) -------------
+    # -- segment 2: retrieved blocks, gathered in place from the block store (q_mem, empty slots masked) --
     for start_n in range(0, NMEM, BLOCK_N):
         t = start_n + n_idx
-        t_ok = t < NMEM
-        blk = tl.load(Idx + t // BS, mask=t_ok, other=0).to(tl.int64)
+        t_in = t < NMEM
+        blk = tl.load(Idx + kv * s_idx_h + t // BS, mask=t_in, other=-1).to(tl.int64)
+        t_ok = t_in & (blk >= 0)  # index -1: an empty slot, skipped as if absent
         row = t % BS
         kv_mask = t_ok[:, None] & d_ok[None, :]
         k = _load(K_blk + blk[:, None] * s_kb_b + kv * s_kb_h + row[:, None] * s_kb_n + d[None, :], kv_mask, UPCAST)
@@ -173,8 +177,10 @@ def memory_attention_fwd(
     k_local, v_local : [Hkv, Nl, D], Nl >= L, H % Hkv == 0
     k_init, v_init : [Hkv, Ni, D] (Ni may be 0)
     k_blocks, v_blocks : [NB, Hkv, bs, D] the block store, read in place
-    block_idx : [K] int32 / int64 indices into the block store, each in [0, NB) (K may be 0; checked on CPU,
-        not on CUDA, where checking would synchronise)
+    block_idx : int32 / int64 indices into the block store, [K] (one selection shared by every KV head) or
+        [Hkv, K] (one selection per KV head), each in [0, NB) or -1 for an empty slot whose bs tokens are
+        skipped; repeated indices are attended once per occurrence (K may be 0; the range is checked on
+        CPU, not on CUDA, where checking would synchronise). Unit stride along K.
     scale : softmax scale
     out : optional preallocated [H, L, D] contiguous buffer in q's dtype
     lse : optional preallocated [H, L] contiguous float32 buffer
@@ -198,14 +204,17 @@ def memory_attention_fwd(
     check_tensor("k_blocks", k_blocks, (None, n_kv, None, d), (dtype,), device)
     n_b, _, bs, _ = k_blocks.shape
     check_tensor("v_blocks", v_blocks, (n_b, n_kv, bs, d), (dtype,), device)
-    check_tensor("block_idx", block_idx, (None,), INDEX_DTYPES, device)
-    if not block_idx.is_contiguous():
-        raise ValueError("block_idx must be contiguous")
-    n_sel = block_idx.shape[0]
+    if isinstance(block_idx, torch.Tensor) and block_idx.dim() == 2:  # one selection per KV head
+        check_tensor("block_idx", block_idx, (n_kv, None), INDEX_DTYPES, device)
+    elif isinstance(block_idx, torch.Tensor) and block_idx.dim() != 1:
+        raise ValueError(f"block_idx has shape {list(block_idx.shape)}, expected [K] or [{n_kv}, K]")
+    else:  # one selection shared by every KV head
+        check_tensor("block_idx", block_idx, (None,), INDEX_DTYPES, device)
+    n_sel = block_idx.shape[-1]
     if n_sel > 0 and (n_b == 0 or bs == 0):
         raise ValueError(f"block_idx selects {n_sel} blocks from an empty block store {list(k_blocks.shape)}")
-    if n_sel > 0 and device.type == "cpu" and (int(block_idx.min()) < 0 or int(block_idx.max()) >= n_b):
-        raise ValueError(f"block_idx must lie in [0, {n_b}), got [{int(block_idx.min())}, {int(block_idx.max())}]")
+    if block_idx.numel() > 0 and device.type == "cpu" and (int(block_idx.min()) < -1 or int(block_idx.max()) >= n_b):
+        raise ValueError(f"block_idx must lie in [-1, {n_b}), got [{int(block_idx.min())}, {int(block_idx.max())}]")
     check_out("out", out, (h, n_q, d), dtype, device)
     check_out("lse", lse, (h, n_q), torch.float32, device)
     out = torch.empty((h, n_q, d), dtype=dtype, device=device) if out is None else out
@@ -219,6 +228,7 @@ def memory_attention_fwd(
     stride_args = [
         *q_local.stride()[:2], *q_mem.stride()[:2], *k_local.stride()[:2], *v_local.stride()[:2],
         *k_init.stride()[:2], *v_init.stride()[:2], *k_blocks.stride()[:3], *v_blocks.stride()[:3],
+        block_idx.stride(0) if block_idx.dim() == 2 else 0,
         out.stride(0), out.stride(1), lse.stride(0),
     ]  # fmt: skip
     k_init, v_init = nonempty(k_init, k_local), nonempty(v_init, v_local)

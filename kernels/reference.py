@@ -34,30 +34,47 @@ def local_causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torc
     return j <= i + (n_keys - n_queries)
 
 
+def per_head_index(block_idx: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """Block indices as [Hkv, K]: a shared [K] selection is repeated for every KV head."""
+    idx = block_idx.long()
+    return idx[None].expand(n_kv, -1) if idx.dim() == 1 else idx
+
+
 def gather_memory(
     k_init: torch.Tensor,
     v_init: torch.Tensor,
     k_blocks: torch.Tensor,
     v_blocks: torch.Tensor,
     block_idx: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate [initial tokens | retrieved blocks] into contiguous memory keys/values.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate [initial tokens | retrieved blocks] into contiguous memory keys/values, per KV head.
 
     Parameters
     ----------
     k_init, v_init : [Hkv, Ni, D]
     k_blocks, v_blocks : [NB, Hkv, bs, D]
-    block_idx : [K] integer indices into the block store
+    block_idx : [K] indices shared by every KV head, or [Hkv, K] one selection per KV head; an index of
+        -1 is an empty slot (selections of different sizes are padded with it)
 
     Returns
     -------
-    k_mem, v_mem : [Hkv, Ni + K*bs, D]
+    k_mem, v_mem : [Hkv, Ni + K*bs, D] (empty slots hold zeros)
+    valid : [Hkv, Ni + K*bs] bool, False on the tokens of empty slots
     """
-    n_kv, _, d = k_init.shape
-    idx = block_idx.to(device=k_blocks.device, dtype=torch.long)
-    kb = k_blocks.index_select(0, idx).transpose(0, 1).reshape(n_kv, -1, d)
-    vb = v_blocks.index_select(0, idx).transpose(0, 1).reshape(n_kv, -1, d)
-    return torch.cat([k_init, kb.to(k_init.device)], dim=1), torch.cat([v_init, vb.to(v_init.device)], dim=1)
+    n_kv, n_i, d = k_init.shape
+    bs = k_blocks.shape[2]
+    idx = per_head_index(block_idx, n_kv).to(k_blocks.device)  # [Hkv, K]
+    ok = idx >= 0
+    safe = idx.clamp(min=0)
+    heads = torch.arange(n_kv, device=k_blocks.device)[:, None]
+    kb = k_blocks[safe, heads] if idx.numel() else k_blocks.new_zeros((n_kv, 0, bs, d))  # [Hkv, K, bs, D]
+    vb = v_blocks[safe, heads] if idx.numel() else v_blocks.new_zeros((n_kv, 0, bs, d))
+    kb = kb.masked_fill(~ok[..., None, None], 0).reshape(n_kv, -1, d)
+    vb = vb.masked_fill(~ok[..., None, None], 0).reshape(n_kv, -1, d)
+    valid = torch.cat([torch.ones(n_kv, n_i, dtype=torch.bool, device=k_init.device),
+                       ok.to(k_init.device).repeat_interleave(bs, dim=1)], dim=1)
+    return (torch.cat([k_init, kb.to(k_init.device)], dim=1), torch.cat([v_init, vb.to(v_init.device)], dim=1),
+            valid)
 
 
 def memory_attention_ref(
@@ -80,7 +97,7 @@ def memory_attention_ref(
     k_local, v_local : [Hkv, Nl, D], Nl >= L
     k_init, v_init : [Hkv, Ni, D]
     k_blocks, v_blocks : [NB, Hkv, bs, D]
-    block_idx : [K]
+    block_idx : [K] or [Hkv, K], -1 for an empty slot (see :func:`gather_memory`)
     scale : softmax scale (usually D ** -0.5)
 
     Returns
@@ -114,14 +131,14 @@ def memory_attention_and_mass_ref(
     h, l, d = q_local.shape
     n_kv, n_l, _ = k_local.shape
     g = h // n_kv
-    k_mem, v_mem = gather_memory(k_init, v_init, k_blocks, v_blocks, block_idx)
+    k_mem, v_mem, valid = gather_memory(k_init, v_init, k_blocks, v_blocks, block_idx)
     s_loc = torch.bmm(_grouped(q_local, n_kv), k_local.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, Nl]
     s_loc = s_loc.view(n_kv, g, l, n_l)
     # keys before the last L are visible to every query: only the bottom-right L x L corner is masked
     tail = s_loc[..., n_l - l :]
     tail.masked_fill_(~local_causal_mask(l, l, q_local.device), float("-inf"))
     s_mem = torch.bmm(_grouped(q_mem, n_kv), k_mem.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, Nm]
-    s_mem = s_mem.view(n_kv, g, l, -1)
+    s_mem = s_mem.view(n_kv, g, l, -1).masked_fill_(~valid[:, None, None, :], float("-inf"))
     m = s_loc.amax(dim=-1)  # finite: every query sees at least itself
     if s_mem.shape[-1]:
         m = torch.maximum(m, s_mem.amax(dim=-1))
@@ -155,30 +172,52 @@ def attention_mass_ref(q_local: torch.Tensor, k_local: torch.Tensor, lse: torch.
     return p.sum(dim=(0, 1, 2))
 
 
-def block_scores_ref(q_mean: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int) -> torch.Tensor:
+def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, per_kv_head: bool = False) -> torch.Tensor:
     """Relevance of every stored block to a query chunk.
+
+    ``score[kv, b] = max_i sum_{h in group kv} max_r q[h, i] . repr_keys[b, kv, r]``: a block is as relevant
+    as its best representative key is to the chunk's query that likes it most. With one query row (the
+    chunk's mean query) and one representative row per block (the sum of its representative keys) this is
+    the paper's score, ``q_mean . sum_r repr`` summed over heads.
 
     Parameters
     ----------
-    q_mean : [H, D] the chunk's memory queries averaged over the chunk
+    q : [H, Lq, D] memory queries (Lq = 1 for a chunk's mean query); a [H, D] tensor means Lq = 1
     repr_keys : [NB, Hkv, R, D] representative keys (rows >= n_blocks are ignored)
     n_blocks : blocks in use
+    per_kv_head : one ranking per KV head (True) or one ranking summed over all heads (False)
 
     Returns
     -------
-    scores : [n_blocks] float32, sum over heads h and representatives r of q_mean[h] . repr[b, kv(h), r]
+    scores : [Hkv, n_blocks] if per_kv_head else [1, n_blocks], float32
     """
-    h, d = q_mean.shape
+    if q.dim() == 2:
+        q = q[:, None]
+    h, lq, d = q.shape
     n_kv = repr_keys.shape[1]
-    qg = q_mean.float().view(n_kv, h // n_kv, d).sum(dim=1)  # [Hkv, D]: GQA without repeating keys
-    reps = repr_keys[:n_blocks].float().sum(dim=2)  # [n, Hkv, D]
-    return torch.einsum("nkd,kd->n", reps, qg.to(reps.device))
+    reps = repr_keys[:n_blocks].float()  # [n, Hkv, R, D]
+    qg = q.float().to(reps.device).view(n_kv, h // n_kv, lq, d)
+    h_g = h // n_kv
+    step = max(1, (1 << 24) // max(1, h * lq))  # bound the [Hkv, G, Lq, n] intermediate to ~64 MB
+    parts = []
+    for lo in range(0, reps.shape[0], step):
+        r = reps[lo : lo + step]
+        s = None
+        for j in range(r.shape[2]):  # best representative key
+            sj = torch.einsum("kgid,nkd->kgin", qg, r[:, :, j])
+            s = sj if s is None else torch.maximum(s, sj)
+        if s is None:
+            s = qg.new_zeros((n_kv, h_g, lq, r.shape[0]))
+        parts.append(s.sum(dim=1).amax(dim=1))  # heads of a group share the selection; best query of the chunk
+    s = torch.cat(parts, dim=1) if parts else qg.new_zeros((n_kv, 0))  # [Hkv, n]
+    return s if per_kv_head else s.sum(dim=0, keepdim=True)
 
 
-def topk_blocks_ref(q_mean: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, k: int) -> torch.Tensor:
-    """Indices (ascending) of the ``min(k, n_blocks)`` most relevant blocks, int64 [K]."""
+def topk_blocks_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, k: int, per_kv_head: bool = False) -> torch.Tensor:
+    """Indices (ascending in each row) of the ``min(k, n_blocks)`` most relevant blocks, int64 [Hkv or 1, K]."""
     k = min(k, n_blocks)
+    rows = repr_keys.shape[1] if per_kv_head else 1
     if k == 0:
-        return torch.zeros(0, dtype=torch.long, device=repr_keys.device)
-    scores = block_scores_ref(q_mean, repr_keys, n_blocks)
-    return torch.topk(scores, k).indices.sort().values
+        return torch.zeros((rows, 0), dtype=torch.long, device=repr_keys.device)
+    scores = block_scores_ref(q, repr_keys, n_blocks, per_kv_head)
+    return torch.topk(scores, k, dim=1).indices.sort(dim=1).values

@@ -31,10 +31,11 @@ def memory_attention_in(dtype: torch.dtype, q_local, q_mem, k_local, v_local, k_
     h, l, _ = q_local.shape
     n_kv, n_l, _ = k_local.shape
     g = h // n_kv
-    k_mem, v_mem = gather_memory(c(k_init), c(v_init), c(k_blocks), c(v_blocks), block_idx)
+    k_mem, v_mem, valid = gather_memory(c(k_init), c(v_init), c(k_blocks), c(v_blocks), block_idx)
     s_loc = torch.matmul(c(q_local), _rep(c(k_local), g).transpose(1, 2)) * scale
     s_loc = s_loc.masked_fill(~local_causal_mask(l, n_l, q_local.device), float("-inf"))
     s_mem = torch.matmul(c(q_mem), _rep(k_mem, g).transpose(1, 2)) * scale
+    s_mem = s_mem.masked_fill(~_rep(valid, g)[:, None, :], float("-inf"))  # empty slots (index -1)
     s = torch.cat([s_mem, s_loc], dim=-1)
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - lse[..., None])

@@ -58,7 +58,8 @@ def test_triton_on_other_device_raises():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_backend_agrees_with_torch_backend(device):
-    """The three ops through the Backend objects, end to end on one small problem."""
+    """The ops through the Backend objects, end to end on one small problem, with a shared selection (from
+    the chunk's mean query) and a per-KV-head one (from every query of the chunk)."""
     gen = torch.Generator().manual_seed(0)
     h, n_kv, n_q, n_l, n_i, n_b, bs, d = 4, 2, 6, 11, 2, 8, 4, 16
 
@@ -68,11 +69,16 @@ def test_triton_backend_agrees_with_torch_backend(device):
     q, k_l, v_l = rnd(h, n_q, d), rnd(n_kv, n_l, d), rnd(n_kv, n_l, d)
     k_i, v_i, k_b, v_b = rnd(n_kv, n_i, d), rnd(n_kv, n_i, d), rnd(n_b, n_kv, bs, d), rnd(n_b, n_kv, bs, d)
     fast, ref = select_backend("triton", device), select_backend("torch", device)
-    idx = fast.topk_blocks(q.mean(1), k_b[:, :, :2], n_b, 3)
-    assert torch.equal(idx, ref.topk_blocks(q.mean(1), k_b[:, :, :2], n_b, 3))
-    out, lse = fast.memory_attention(q, q, k_l, v_l, k_i, v_i, k_b, v_b, idx, d**-0.5)
-    ref_out, ref_lse = ref.memory_attention(q, q, k_l, v_l, k_i, v_i, k_b, v_b, idx, d**-0.5)
-    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
-    mass = fast.attention_mass(q, k_l, lse, d**-0.5)
-    torch.testing.assert_close(mass, ref.attention_mass(q, k_l, ref_lse, d**-0.5), rtol=1e-5, atol=1e-5)
+    for q_sel, per_kv_head in ((q.mean(1), False), (q, True)):
+        scores = fast.block_scores(q_sel, k_b[:, :, :2], n_b, per_kv_head)
+        ref_scores = ref.block_scores(q_sel, k_b[:, :, :2], n_b, per_kv_head)
+        torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
+        idx = fast.topk_blocks(q_sel, k_b[:, :, :2], n_b, 3, per_kv_head)
+        assert torch.equal(idx, ref.topk_blocks(q_sel, k_b[:, :, :2], n_b, 3, per_kv_head))
+        idx = idx if per_kv_head else idx[0]  # a shared selection is passed as [K]
+        out, lse = fast.memory_attention(q, q, k_l, v_l, k_i, v_i, k_b, v_b, idx, d**-0.5)
+        ref_out, ref_lse = ref.memory_attention(q, q, k_l, v_l, k_i, v_i, k_b, v_b, idx, d**-0.5)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+        mass = fast.attention_mass(q, k_l, lse, d**-0.5)
+        torch.testing.assert_close(mass, ref.attention_mass(q, k_l, ref_lse, d**-0.5), rtol=1e-5, atol=1e-5)

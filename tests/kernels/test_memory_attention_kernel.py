@@ -9,6 +9,10 @@ must satisfy, for ``out`` and for ``lse`` separately,
 For fp32 inputs ``lowp`` *is* the fp32 math (error ~0), so the floor (about 8 fp32 ulps of the largest
 value) is the whole tolerance; for fp16 / bf16 the kernel may lose at most twice what PyTorch itself loses
 computing in that dtype.
+
+Selections: ``block_idx`` is [K] (shared by every KV head) or [Hkv, K] (one selection per KV head) with -1
+padding (empty slots, masked out as if absent) and repeated indices (attended once per occurrence), and
+with a KV head whose slots are all empty; the same tolerance rule applies to each.
 """
 
 from __future__ import annotations
@@ -40,7 +44,27 @@ SHAPES = {
 }
 
 
-def make_inputs(shape, dtype, device, seed=0):
+SELECTIONS = ["shared", "per-head", "one-head-empty"]
+
+
+def per_head_selection(n_b, n_kv, k, gen, empty_head=False):
+    """[Hkv, K] int64: unsorted random blocks (repeats allowed; slot 1 repeats slot 0 when K >= 3), -1
+    padding of a different length per head (head j: (j + 1) % K trailing empty slots), and a -1 in the
+    middle of even heads when K >= 4; with ``empty_head`` the last KV head gets only empty slots."""
+    idx = torch.randint(max(n_b, 1), (n_kv, k), generator=gen)
+    if k >= 3:
+        idx[:, 1] = idx[:, 0]  # repeated block: attended twice, as the reference does
+    for j in range(n_kv):
+        if k:
+            idx[j, k - (j + 1) % k :] = -1
+        if j % 2 == 0 and k >= 4:
+            idx[j, k // 2] = -1
+    if empty_head:
+        idx[-1] = -1
+    return idx
+
+
+def make_inputs(shape, dtype, device, seed=0, selection="shared"):
     h, n_kv, n_q, n_l, n_i, n_b, bs, k, d = shape
     gen = torch.Generator().manual_seed(seed)
 
@@ -49,8 +73,11 @@ def make_inputs(shape, dtype, device, seed=0):
 
     tensors = [rnd(h, n_q, d), rnd(h, n_q, d), rnd(n_kv, n_l, d), rnd(n_kv, n_l, d), rnd(n_kv, n_i, d),
                rnd(n_kv, n_i, d), rnd(n_b, n_kv, bs, d), rnd(n_b, n_kv, bs, d)]  # fmt: skip
-    block_idx = torch.randperm(n_b, generator=gen)[:k].to(device)  # unsorted, like a caller may pass
-    return tensors, block_idx, d**-0.5
+    if selection == "shared":
+        block_idx = torch.randperm(n_b, generator=gen)[:k]  # unsorted, like a caller may pass
+    else:
+        block_idx = per_head_selection(n_b, n_kv, k, gen, empty_head=selection == "one-head-empty")
+    return tensors, block_idx.to(device), d**-0.5
 
 
 def check_against_reference(out, lse, tensors, block_idx, scale):
@@ -72,6 +99,69 @@ def test_matches_reference(shape, dtype, device):
     tensors, block_idx, scale = make_inputs(shape, dtype, device)
     out, lse = memory_attention(*tensors, block_idx, scale)
     check_against_reference(out, lse, tensors, block_idx, scale)
+
+
+# shapes that retrieve blocks, for the per-KV-head selections (the others have K = 0 or NB = 0)
+SELECTION_SHAPES = {name: s for name, s in SHAPES.items() if s[7] > 0}
+
+
+# every dtype for the padded per-head selections; fp32 and bf16 (not fp16, for the interpreter's runtime)
+# for the selection with an all-empty KV head
+SELECTION_CASES = [(dt, "per-head") for dt in DTYPES]
+SELECTION_CASES += [(dt, "one-head-empty") for dt in (torch.float32, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "dtype, selection", SELECTION_CASES, ids=[f"{str(dt).removeprefix('torch.')}-{sel}" for dt, sel in SELECTION_CASES]
+)
+@pytest.mark.parametrize("shape", SELECTION_SHAPES.values(), ids=SELECTION_SHAPES.keys())
+def test_per_kv_head_selection_matches_reference(shape, dtype, selection, device):
+    tensors, block_idx, scale = make_inputs(shape, dtype, device, seed=6, selection=selection)
+    n_kv, k = shape[1], shape[7]
+    assert block_idx.shape == (n_kv, k) and (block_idx == -1).any()
+    if selection == "one-head-empty":
+        assert (block_idx[-1] == -1).all()
+    out, lse = memory_attention(*tensors, block_idx, scale)
+    check_against_reference(out, lse, tensors, block_idx, scale)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=["int32", "int64"])
+def test_empty_slots_are_exactly_absent(index_dtype, device):
+    """Padding a selection with -1 (anywhere, any amount) gives the result of the unpadded selection,
+    and a KV head with only empty slots gets the result of no retrieved blocks at all."""
+    shape = (8, 2, 33, 97, 5, 12, 7, 4, 16)
+    tensors, _, scale = make_inputs(shape, torch.float32, device, seed=7)
+    k_ini, v_ini = tensors[4], tensors[5]
+    shared = torch.tensor([9, 2, 2, 11], dtype=index_dtype, device=device)
+    padded = torch.tensor([[-1, 9, 2, -1, 2, 11, -1], [-1] * 7], dtype=index_dtype, device=device)
+    out, lse = memory_attention(*tensors, padded, scale)
+    check_against_reference(out, lse, tensors, padded, scale)
+    # KV head 0 (query heads 0-3): the unpadded shared selection
+    o_sh, l_sh = memory_attention(*tensors, shared, scale)
+    torch.testing.assert_close(out[:4], o_sh[:4], rtol=0, atol=2e-6)
+    torch.testing.assert_close(lse[:4], l_sh[:4], rtol=0, atol=2e-6)
+    # KV head 1 (query heads 4-7): no retrieved blocks
+    o_no, l_no = memory_attention(*tensors, shared[:0], scale)
+    torch.testing.assert_close(out[4:], o_no[4:], rtol=0, atol=2e-6)
+    torch.testing.assert_close(lse[4:], l_no[4:], rtol=0, atol=2e-6)
+    # and with no initial tokens either: only the local window remains for that head
+    bare = [*tensors[:4], k_ini[:, :0], v_ini[:, :0], *tensors[6:]]
+    o_bare, l_bare = memory_attention(*bare, padded, scale)
+    check_against_reference(o_bare, l_bare, bare, padded, scale)
+    o_win, l_win = memory_attention(*bare, shared[:0], scale)
+    torch.testing.assert_close(o_bare[4:], o_win[4:], rtol=0, atol=2e-6)
+    torch.testing.assert_close(l_bare[4:], l_win[4:], rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shared_selection_equals_its_per_head_copy(device):
+    tensors, block_idx, scale = make_inputs(SHAPES["odd-block-size-gqa8"], torch.float32, device, seed=8)
+    out, lse = memory_attention(*tensors, block_idx, scale)
+    n_kv = tensors[2].shape[0]
+    out2, lse2 = memory_attention(*tensors, block_idx[None].expand(n_kv, -1), scale)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -109,7 +199,8 @@ def test_lse_merges_partial_attentions_exactly(device):
     # memory only, computed directly
     from infllm_kernels.reference import gather_memory
 
-    k_mem, v_mem = gather_memory(k_ini, v_ini, k_blk, v_blk, block_idx)
+    k_mem, v_mem, valid = gather_memory(k_ini, v_ini, k_blk, v_blk, block_idx)
+    assert valid.all()
     s = torch.matmul(q_mem, k_mem.repeat_interleave(2, 0).transpose(1, 2)) * scale
     l_mem = torch.logsumexp(s, -1)
     o_mem = torch.softmax(s, -1) @ v_mem.repeat_interleave(2, 0)
@@ -131,9 +222,10 @@ def test_strided_inputs(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_int32_indices_and_repeated_blocks(device):
+@pytest.mark.parametrize("per_head", [False, True], ids=["shared", "per-head"])
+def test_int32_indices_and_repeated_blocks(per_head, device):
     tensors, _, scale = make_inputs(SHAPES["tiny-gqa2"], torch.float32, device, seed=5)
-    block_idx = torch.tensor([5, 0, 5], dtype=torch.int32, device=device)
+    block_idx = torch.tensor([[5, 0, 5], [1, -1, 1]] if per_head else [5, 0, 5], dtype=torch.int32, device=device)
     out, lse = memory_attention(*tensors, block_idx, scale)
     check_against_reference(out, lse, tensors, block_idx.long(), scale)
 
@@ -150,7 +242,12 @@ def _kwargs(tensors, idx, overrides):
         ("heads", "multiple of key/value heads"),
         ("window", "must hold the chunk"),
         ("index-range", "block_idx must lie in"),
+        ("index-below-empty", "block_idx must lie in"),
+        ("per-head-index-range", "block_idx must lie in"),
         ("index-dtype", "block_idx has dtype"),
+        ("index-heads", "block_idx has shape"),
+        ("index-rank", "block_idx has shape"),
+        ("index-stride", "unit stride"),
         ("stride", "unit stride"),
         ("out-shape", "out has shape"),
         ("lse-dtype", "lse has dtype"),
@@ -158,7 +255,7 @@ def _kwargs(tensors, idx, overrides):
     ],
 )
 def test_launcher_rejects_bad_input(case, match):
-    if case == "index-range" and MAIN_DEVICE != "cpu":
+    if case in ("index-range", "index-below-empty", "per-head-index-range") and MAIN_DEVICE != "cpu":
         pytest.skip("block indices are range-checked on CPU only (a CUDA check would synchronise)")
     dev = MAIN_DEVICE
     tensors, block_idx, _ = make_inputs(SHAPES["tiny-gqa2"], torch.float32, dev)
@@ -168,7 +265,12 @@ def test_launcher_rejects_bad_input(case, match):
         "heads": {"k_local": k[:1].repeat(3, 1, 1), "v_local": v[:1].repeat(3, 1, 1)},
         "window": {"k_local": k[:, :4], "v_local": v[:, :4]},
         "index-range": {"block_idx": torch.tensor([6], device=dev)},
+        "index-below-empty": {"block_idx": torch.tensor([0, -2], device=dev)},
+        "per-head-index-range": {"block_idx": torch.tensor([[0, -1], [6, 1]], device=dev)},
         "index-dtype": {"block_idx": block_idx.float()},
+        "index-heads": {"block_idx": block_idx[None].repeat(3, 1)},
+        "index-rank": {"block_idx": block_idx[None, None]},
+        "index-stride": {"block_idx": torch.arange(4, device=dev)[::2]},
         "stride": {"k_local": k.transpose(1, 2).contiguous().transpose(1, 2)},
         "out-shape": {"out": torch.empty(4, 5, 9, device=dev)},
         "lse-dtype": {"lse": torch.empty(4, 5, dtype=torch.float16, device=dev)},
