@@ -12,9 +12,29 @@ Llama-3-8B-Instruct and Mistral-7B-Instruct-v0.2):
 ``topk``            memory blocks retrieved for each query chunk
 ``repr_topk``       representative keys per block, used to score a block against a query chunk
 ``exc_block_size``  query chunk: how many queries share one block retrieval
-``max_cached_block`` memory blocks kept on the compute device when the block store is offloaded
+``max_cached_block`` memory blocks kept on the compute device when the block store is offloaded (more
+                    slots are added when one query chunk reads more blocks than that)
 ``chunk_size``      prefill chunk: tokens fed to the model per forward (a multiple of ``exc_block_size``)
 ==================  =====================================================================================
+
+Block selection (how a query chunk picks its ``topk`` blocks; see docs/retrieval.md for what each does
+and what it measured). The paper's behaviour is the named selection ``paper``; the dataclass defaults are
+the best combination the recall benchmark found (named ``default``):
+
+=====================  ==================================================================================
+``per_kv_head``        each KV head ranks the blocks and reads its own ``topk`` (paper: one ranking
+                       summed over all heads)
+``repr_score``         ``max``: a block scores as its best representative key; ``sum`` (paper): the sum
+                       over its representative keys
+``query_score``        ``max``: each query of the chunk scores the blocks and the best query counts;
+                       ``mean`` (paper): the chunk's mean query scores them
+``neighbors``          also read the ``neighbors`` blocks before and after every hit (facts split across
+                       a block boundary)
+``question_topk``      question-aware retrieval: when a prompt is read with
+                       :meth:`~infllm_cli.memory.cache.ContextMemory.question`, its queries rank the blocks
+                       (per KV head, best question token) and these blocks are kept for the whole answer,
+                       beside each token's own retrieval
+=====================  ==================================================================================
 """
 
 from __future__ import annotations
@@ -24,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ATTENTION_MODES = ("infllm", "streaming", "dense")
+SCORE_MODES = ("max", "sum")
+QUERY_MODES = ("max", "mean")
 
 
 class ConfigError(ValueError):
@@ -44,6 +66,11 @@ class MemoryConfig:
     chunk_size: int = 8192
     offload: bool = False
     """Keep the block store in host memory and move retrieved blocks to the compute device."""
+    per_kv_head: bool = True
+    repr_score: str = "max"
+    query_score: str = "max"
+    neighbors: int = 1
+    question_topk: int = 4
 
     def __post_init__(self) -> None:
         positive = ("n_local", "block_size", "exc_block_size", "chunk_size")
@@ -51,10 +78,16 @@ class MemoryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("n_init", "topk", "repr_topk", "max_cached_block"):
+        for name in ("n_init", "topk", "repr_topk", "max_cached_block", "neighbors", "question_topk"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.repr_score not in SCORE_MODES:
+            raise ConfigError(f"repr_score must be one of {', '.join(SCORE_MODES)}, got {self.repr_score!r}")
+        if self.query_score not in QUERY_MODES:
+            raise ConfigError(f"query_score must be one of {', '.join(QUERY_MODES)}, got {self.query_score!r}")
+        if not isinstance(self.per_kv_head, bool):
+            raise ConfigError(f"per_kv_head must be True or False, got {self.per_kv_head!r}")
         if self.topk > 0 and self.repr_topk < 1:
             raise ConfigError("repr_topk must be at least 1 when topk > 0 (blocks are scored through their representative keys)")
         if self.repr_topk > self.block_size:
@@ -73,17 +106,23 @@ class MemoryConfig:
                 "so that results do not depend on the prefill chunk; pick e.g. "
                 f"--chunk-size {max(1, self.chunk_size // self.exc_block_size) * self.exc_block_size}"
             )
-        if self.offload and self.topk > self.max_cached_block:
-            raise ConfigError(
-                f"max_cached_block ({self.max_cached_block}) must be at least topk ({self.topk}) when the block "
-                "store is offloaded: every retrieved block needs a slot on the compute device"
-            )
 
     @property
     def max_window(self) -> int:
         """Largest number of local-window keys a query can see: eviction is block-granular, and before the
         first eviction the initial tokens are still in the window."""
         return self.n_init + self.n_local + self.block_size + self.exc_block_size - 1
+
+    @property
+    def max_blocks_read(self) -> int:
+        """Most memory blocks one query chunk reads per KV head: its top-k with their neighbours, plus the
+        question's blocks with theirs."""
+        return (self.topk + self.question_topk) * (1 + 2 * self.neighbors)
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """The block-selection knobs."""
+        return {name: getattr(self, name) for name in SELECTIONS["paper"]}
 
     @property
     def memory_distance(self) -> int:
@@ -98,6 +137,23 @@ class MemoryConfig:
         return dataclasses.asdict(self)
 
 
+SELECTIONS: dict[str, dict[str, Any]] = {
+    # Xiao et al.: the chunk's mean query against the sum of each block's representative keys, one ranking
+    # summed over all heads, no neighbours, no question-aware blocks.
+    "paper": {"per_kv_head": False, "repr_score": "sum", "query_score": "mean", "neighbors": 0, "question_topk": 0},
+    # the best combination on the recall benchmark (docs/retrieval.md)
+    "default": {"per_kv_head": True, "repr_score": "max", "query_score": "max", "neighbors": 1, "question_topk": 4},
+}
+
+
+def with_selection(config: MemoryConfig, name: str) -> MemoryConfig:
+    """``config`` with the named block selection (``paper`` or ``default``)."""
+    try:
+        return config.replace(**SELECTIONS[name])
+    except KeyError:
+        raise ConfigError(f"unknown selection {name!r}; choose one of: {', '.join(SELECTIONS)}") from None
+
+
 PRESETS: dict[str, MemoryConfig] = {
     # thunlp/InfLLM llama-3-inf-llm.yaml / mistral-inf-llm.yaml
     "paper": MemoryConfig(),
@@ -105,6 +161,8 @@ PRESETS: dict[str, MemoryConfig] = {
     "small": MemoryConfig(n_init=64, n_local=2048, block_size=128, topk=8, repr_topk=4, exc_block_size=256, chunk_size=2048),
     # For tiny models trained on 512 tokens (e.g. llama2.c TinyStories): the whole window stays in distribution.
     "tiny": MemoryConfig(n_init=4, n_local=256, block_size=32, topk=4, repr_topk=2, exc_block_size=64, chunk_size=512),
+    # For models trained on 256 tokens (e.g. the recall test model): window and memory distance inside 256.
+    "micro": MemoryConfig(n_init=4, n_local=128, block_size=32, topk=4, repr_topk=4, exc_block_size=32, chunk_size=512),
 }
 
 

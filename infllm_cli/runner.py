@@ -1,8 +1,10 @@
 """Stream a document through the model into its context memory, then generate.
 
 The function list reads as the algorithm: :meth:`Runner.feed` cuts a token iterator into prefill chunks and
-runs :meth:`Runner.prefill` on each (only the last position's logits are computed), :meth:`Runner.generate`
-feeds a prompt, then repeats :meth:`Runner.decode_one_token` and yields text as it is produced.
+runs :meth:`Runner.prefill` on each (only the last position's logits are computed), :meth:`Runner.read_question`
+reads a prompt so that it retrieves on its own (and, with ``question_topk``, ranks the memory blocks by the
+question and keeps the best for the answer), :meth:`Runner.generate` reads a prompt that way, then repeats
+:meth:`Runner.decode_one_token` and yields text as it is produced.
 
 Only the current chunk of token ids is ever held: a document is never materialised twice. Apart from the
 block store, memory is bounded by the configuration (window buffers, one chunk of activations).
@@ -148,7 +150,8 @@ class Runner:
         """Cut ``tokens`` into prefill chunks whose boundaries fall on multiples of ``chunk_size`` in the stream."""
         size = self.config.chunk_size
         chunk: list[int] = []
-        want = size - self.tokens_seen % size
+        origin = self.cache.chunk_origin if isinstance(self.cache, ContextMemory) else 0
+        want = size - (self.tokens_seen - origin) % size
         for tok in tokens:
             chunk.append(int(tok))
             if len(chunk) == want:
@@ -175,6 +178,26 @@ class Runner:
         self._update_stats()
         return fed
 
+    def read_question(self, prompt_tokens: Sequence[int]) -> None:
+        """Feed a question (or any prompt the answer follows).
+
+        With the context memory, the prompt starts a query chunk of its own, and when ``question_topk`` > 0
+        it is read twice: first to rank the memory blocks by its queries (the state is then restored), then
+        again with the best blocks pinned, so that the prompt's tokens and every answer token read them
+        beside their own retrieval. The pins last until the next :meth:`restore` / :meth:`reset`.
+        """
+        cache = self.cache
+        if isinstance(cache, ContextMemory) and prompt_tokens:
+            cache.align_chunks()
+            if self.config.question_topk > 0 and cache.n_blocks > 0:
+                before = self.snapshot()
+                with cache.ranking_question():
+                    for chunk in self.chunks(prompt_tokens):
+                        self.forward(chunk, logits_to_keep=1)
+                self.restore(before)
+                cache.pin_question_blocks()
+        self.feed(prompt_tokens)
+
     def decode_one_token(self, token: int) -> torch.Tensor:
         """Feed one generated token; logits [V] for the next."""
         return self.forward([token], logits_to_keep=1)[-1]
@@ -186,7 +209,7 @@ class Runner:
         ``gen.max_new_tokens`` tokens.
         """
         if prompt_tokens:
-            self.feed(prompt_tokens)
+            self.read_question(prompt_tokens)
         if self.last_logits is None:
             raise UsageError("nothing to continue from: feed a document or a prompt first")
         stop = self.loaded.eos_token_ids | set(gen.stop_token_ids)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from infllm_cli.config import MemoryConfig
+from infllm_cli.config import SELECTIONS, MemoryConfig, with_selection
 from infllm_cli.models import load_model
 from infllm_cli.runner import Runner
 from tests.tiny_models import FAMILIES, make_tokenizer
@@ -69,14 +69,15 @@ def test_rope_variants_equal_dense(tmp_path, variant):
     assert (got - dense).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("selection", list(SELECTIONS))
 @pytest.mark.parametrize("family", ["llama", "phi3"])
-def test_prefill_chunk_size_does_not_change_result(tiny_model_dirs, family):
+def test_prefill_chunk_size_does_not_change_result(tiny_model_dirs, family, selection):
     """Eviction, retrieval and representative keys happen per query chunk, whatever the forward size."""
     loaded = load_model(str(tiny_model_dirs[family]), device="cpu")
     ids = random_ids(400, loaded.model.config.vocab_size, seed=2)
     results = []
     for chunk_size in (32, 96, 256):
-        runner = Runner(loaded, NARROW.replace(chunk_size=chunk_size), backend="torch")
+        runner = Runner(loaded, with_selection(NARROW, selection).replace(chunk_size=chunk_size), backend="torch")
         results.append((stream_logits(runner, ids), runner.cache))
     base_logits, base_cache = results[0]
     assert base_cache.n_blocks > NARROW.topk  # retrieval was really exercised
@@ -85,6 +86,27 @@ def test_prefill_chunk_size_does_not_change_result(tiny_model_dirs, family):
         assert cache.n_blocks == base_cache.n_blocks
         for a, b in zip(cache.memories, base_cache.memories):
             torch.testing.assert_close(a.store.repr_keys[: a.store.n_blocks], b.store.repr_keys[: b.store.n_blocks])
+
+
+@pytest.mark.parametrize("selection", list(SELECTIONS))
+def test_question_reading_does_not_depend_on_chunk_size(tiny_llama_dir, selection):
+    """A question starts a query chunk of its own (and with question_topk is read twice, to rank then with its
+    blocks pinned): the answer's logits still do not depend on how the document and question were cut."""
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    vocab = loaded.model.config.vocab_size
+    doc, question, answer = random_ids(333, vocab, seed=5), random_ids(21, vocab, seed=6), random_ids(5, vocab, seed=7)
+    runs = []
+    for chunk_size in (32, 64, 160):
+        runner = Runner(loaded, with_selection(NARROW, selection).replace(chunk_size=chunk_size), backend="torch")
+        runner.feed(doc)
+        runner.read_question(question)
+        logits = [runner.last_logits] + [runner.decode_one_token(t) for t in answer]
+        runs.append(torch.stack(logits))
+        assert runner.cache.n_blocks > NARROW.topk
+        pinned = runner.cache.memories[0].pinned
+        assert (pinned is not None) == (selection == "default")
+    for other in runs[1:]:
+        torch.testing.assert_close(other, runs[0], atol=1e-5, rtol=1e-5)
 
 
 def test_streaming_differs_from_infllm_only_by_retrieval(tiny_llama_dir):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from infllm_cli.config import MemoryConfig
+from infllm_cli.config import SELECTIONS, MemoryConfig, with_selection
 from infllm_cli.memory.block_store import BlockStore
 from infllm_cli.memory.cache import ContextMemory
 from infllm_cli.memory.layer_memory import LayerMemory
@@ -27,9 +28,11 @@ def make_layer(config: MemoryConfig, n_kv: int = 2, d: int = 16) -> LayerMemory:
     return LayerMemory(config, n_kv, d, rope, TORCH, torch.device("cpu"), torch.float32)
 
 
-def test_needle_block_retrieved_from_a_million_tokens():
+@pytest.mark.parametrize("selection", list(SELECTIONS))
+def test_needle_block_retrieved_from_a_million_tokens(selection):
     """A block whose keys align with the query is found among 8,192 blocks (1,048,576 tokens)."""
-    config = MemoryConfig(n_init=128, n_local=4096, block_size=128, topk=16, repr_topk=4, exc_block_size=512)
+    base = MemoryConfig(n_init=128, n_local=4096, block_size=128, topk=16, repr_topk=4, exc_block_size=512)
+    config = with_selection(base, selection)
     layer = make_layer(config)
     g = torch.Generator().manual_seed(0)
     n_blocks, n_kv, d = 8192, 2, 16
@@ -44,8 +47,9 @@ def test_needle_block_retrieved_from_a_million_tokens():
     assert store.n_blocks * config.block_size >= 1_000_000
     q_mem = needle_dir.expand(4, 8, d).clone()  # 4 query heads, 8 queries, all looking for the needle
     _, _, idx = layer._retrieve(q_mem)
-    assert needle in idx.tolist()
-    assert len(idx) == config.topk
+    rows = [[b for b in row if b >= 0] for row in idx.tolist()]
+    assert len(rows) == 2 and all(needle in row for row in rows)  # every KV head reads it
+    assert all(len(row) == len(set(row)) <= config.topk * (1 + 2 * config.neighbors) for row in rows)
     assert store.span(needle) == (128 + needle * 128, 128 + (needle + 1) * 128)
 
 
@@ -102,15 +106,20 @@ def test_snapshot_restore_and_fork_by_persistence():
     assert not torch.equal(other[0], first[0])
 
 
-def test_offloaded_store_matches_device_store():
-    config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5,
-                          chunk_size=5, offload=True, max_cached_block=3)
+@pytest.mark.parametrize("selection", list(SELECTIONS))
+def test_offloaded_store_matches_device_store(selection):
+    base = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5,
+                        chunk_size=5, offload=True, max_cached_block=3)
+    config = with_selection(base, selection)
     on_device = make_layer(config.replace(offload=False))
     offloaded = make_layer(config)
     a = feed_random(on_device, 200, seed=4)
     b = feed_random(offloaded, 200, seed=4)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-    assert len(offloaded.store._slot_of) <= 3
+    # the device cache grows only when one chunk's selection (all KV heads together) needs more slots
+    assert len(offloaded.store._slot_of) <= max(3, 2 * config.max_blocks_read)
+    if selection == "paper":
+        assert len(offloaded.store._slot_of) <= 3
 
 
 def test_block_store_grows_and_truncates():

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..config import ATTENTION_MODES, PRESETS, GenerationConfig, MemoryConfig, preset
+from ..config import ATTENTION_MODES, PRESETS, QUERY_MODES, SCORE_MODES, SELECTIONS, GenerationConfig, MemoryConfig, preset, with_selection
 
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -58,6 +58,12 @@ class Options:
     chunk_size: Optional[int] = None
     max_cached_block: Optional[int] = None
     offload: Optional[bool] = None
+    selection: str = "default"
+    per_kv_head: Optional[bool] = None
+    repr_score: Optional[str] = None
+    query_score: Optional[str] = None
+    neighbors: Optional[int] = None
+    question_topk: Optional[int] = None
     # generation
     max_new_tokens: int = 512
     temperature: float = 0.0
@@ -85,7 +91,12 @@ class Options:
         if chunk is None and self.exc_block_size is not None and self.exc_block_size > 0 and base.chunk_size % self.exc_block_size:
             # only --exc-block-size was given: round the preset's prefill chunk to a multiple of it
             chunk = max(1, base.chunk_size // self.exc_block_size) * self.exc_block_size
-        config = base.replace(
+        config = with_selection(base, self.selection).replace(
+            per_kv_head=self.per_kv_head,
+            repr_score=self.repr_score,
+            query_score=self.query_score,
+            neighbors=self.neighbors,
+            question_topk=self.question_topk,
             n_init=self.n_init,
             n_local=self.n_local,
             block_size=self.block_size,
@@ -108,11 +119,11 @@ def auto_preset(model_config: Any) -> str:
     n_ctx = getattr(getattr(model_config, "text_config", None) or model_config, "max_position_embeddings", None)
     if not isinstance(n_ctx, int) or n_ctx <= 0:
         return "paper"
-    for name in ("paper", "small", "tiny"):
+    for name in ("paper", "small", "tiny", "micro"):
         cfg = PRESETS[name]
         if cfg.max_window <= n_ctx:
             return name
-    return "tiny"
+    return "micro"
 
 
 # -- option definitions ------------------------------------------------------------------------------
@@ -138,6 +149,12 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("chunk_size", Optional[int], typer.Option("--chunk-size", metavar="N", help="Prefill chunk in tokens (a multiple of --exc-block-size).", rich_help_panel=P_MEMORY, show_default=False)),
         ("max_cached_block", Optional[int], typer.Option("--max-cached-block", metavar="N", help="Blocks kept on the device when the store is offloaded.", rich_help_panel=P_MEMORY, show_default=False)),
         ("offload", Optional[bool], typer.Option("--offload/--no-offload", help="Keep the block store in host memory.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("selection", str, typer.Option("--selection", metavar="NAME", help=f"Block selection: {', '.join(SELECTIONS)} (paper: Xiao et al.'s; default: the best measured, see docs/retrieval.md). The selection knobs below override it.", callback=_choice("selection", tuple(SELECTIONS)), rich_help_panel=P_MEMORY)),
+        ("per_kv_head", Optional[bool], typer.Option("--per-kv-head/--shared-ranking", help="Each KV head picks its own blocks, or one ranking summed over all heads.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("repr_score", Optional[str], typer.Option("--repr-score", metavar="MODE", help="A block scores as its best representative key (max) or their sum (sum).", callback=_choice("repr_score", SCORE_MODES), rich_help_panel=P_MEMORY, show_default=False)),
+        ("query_score", Optional[str], typer.Option("--query-score", metavar="MODE", help="Blocks ranked by the chunk's best query (max) or its mean query (mean).", callback=_choice("query_score", QUERY_MODES), rich_help_panel=P_MEMORY, show_default=False)),
+        ("neighbors", Optional[int], typer.Option("--neighbors", metavar="N", help="Also read N blocks on each side of every retrieved block.", min=0, max=8, rich_help_panel=P_MEMORY, show_default=False)),
+        ("question_topk", Optional[int], typer.Option("--question-topk", metavar="N", help="Blocks per KV head ranked by the whole question and kept for the answer (0: off).", min=0, max=1024, rich_help_panel=P_MEMORY, show_default=False)),
     ],
     "generation": [
         ("max_new_tokens", int, typer.Option("--max-new-tokens", metavar="N", help="Most tokens to generate per answer.", min=0, rich_help_panel=P_GEN)),

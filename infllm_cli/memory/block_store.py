@@ -1,5 +1,9 @@
 """The block store of one layer: every evicted block's keys, values and representative keys.
 
+Each block also keeps the sum of its representative keys (``repr_sum``), computed once when it is
+written: the paper's block score is a dot product with that sum, so scoring need not re-add the
+representative keys for every query chunk.
+
 Blocks are immutable once written and only ever appended, so a snapshot of the store is just its block
 count, and restoring it is a truncation. Block ``b`` holds the tokens ``first_token + b*block_size`` up to
 (excluding) ``first_token + (b+1)*block_size`` of the stream, which later work uses to cite passages.
@@ -18,7 +22,8 @@ import torch
 
 
 class BlockStore:
-    """Growable ``[capacity, Hkv, block_size, D]`` key/value blocks plus ``[capacity, Hkv, R, D]`` representatives.
+    """Growable ``[capacity, Hkv, block_size, D]`` key/value blocks plus ``[capacity, Hkv, R, D]`` representatives
+    and their ``[capacity, Hkv, 1, D]`` sums.
 
     Parameters
     ----------
@@ -52,6 +57,7 @@ class BlockStore:
         self.keys = torch.empty((0, *self._shape), dtype=dtype, device=storage, pin_memory=pin)
         self.values = torch.empty_like(self.keys)
         self.repr_keys = torch.empty((0, n_kv_heads, repr_topk, head_dim), dtype=dtype, device=device)
+        self.repr_sum = torch.empty((0, n_kv_heads, 1, head_dim), dtype=dtype, device=device)
         if offload:
             self._slots_k = torch.empty((max_cached_block, *self._shape), dtype=dtype, device=device)
             self._slots_v = torch.empty_like(self._slots_k)
@@ -63,7 +69,7 @@ class BlockStore:
 
     def _grow(self, needed: int) -> None:
         new_cap = max(needed, 2 * self.capacity, 16)
-        for name in ("keys", "values", "repr_keys"):
+        for name in ("keys", "values", "repr_keys", "repr_sum"):
             old = getattr(self, name)
             new = torch.empty((new_cap, *old.shape[1:]), dtype=old.dtype, device=old.device,
                               pin_memory=old.is_pinned())
@@ -79,6 +85,7 @@ class BlockStore:
         self.keys[sl] = keys.to(self.keys.device, non_blocking=True)
         self.values[sl] = values.to(self.values.device, non_blocking=True)
         self.repr_keys[sl] = repr_keys
+        self.repr_sum[sl] = repr_keys.float().sum(dim=2, keepdim=True).to(self.repr_sum.dtype)
         self.n_blocks += n
 
     def truncate(self, n_blocks: int) -> None:
@@ -98,29 +105,38 @@ class BlockStore:
     def device_blocks(self, block_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Key/value tensors on the compute device and indices into them for the selected blocks.
 
-        Without offload this is the store itself and ``block_idx`` unchanged (the kernel gathers by
-        index). With offload, missing blocks are copied into LRU cache slots.
+        ``block_idx`` is [Hkv, K] (or [K]) with -1 for empty slots. Without offload this is the store itself
+        and ``block_idx`` unchanged (the kernel gathers by index). With offload, the blocks not yet on the
+        device are copied into LRU cache slots (the cache grows when one selection needs more slots than it
+        has, e.g. when every KV head picks other blocks) and the indices are mapped to slots.
         """
         if not self.offload:
             return self.keys, self.values, block_idx
-        wanted = block_idx.tolist()
+        wanted = sorted({b for b in block_idx.flatten().tolist() if b >= 0})
+        if len(wanted) > self._slots_k.shape[0]:
+            extra = len(wanted) - self._slots_k.shape[0]
+            pad = torch.empty((extra, *self._shape), dtype=self._slots_k.dtype, device=self.device)
+            self._slots_k = torch.cat([self._slots_k, pad])
+            self._slots_v = torch.cat([self._slots_v, pad.clone()])
         used = set(self._slot_of.values())
         free = [s for s in range(self._slots_k.shape[0]) if s not in used]
-        slots = []
+        needed = set(wanted)
         for b in wanted:
             if b in self._slot_of:
                 self._slot_of.move_to_end(b)
-            else:
-                if free:
-                    slot = free.pop()
-                else:  # evict the least recently used block not needed now
-                    victim = next(v for v in self._slot_of if v not in wanted)
-                    slot = self._slot_of.pop(victim)
-                self._slots_k[slot].copy_(self.keys[b], non_blocking=True)
-                self._slots_v[slot].copy_(self.values[b], non_blocking=True)
-                self._slot_of[b] = slot
-            slots.append(self._slot_of[b])
-        idx = torch.tensor(slots, dtype=torch.long, device=self.device)
+                continue
+            if free:
+                slot = free.pop()
+            else:  # evict the least recently used block not needed now
+                victim = next(v for v in self._slot_of if v not in needed)
+                slot = self._slot_of.pop(victim)
+            self._slots_k[slot].copy_(self.keys[b], non_blocking=True)
+            self._slots_v[slot].copy_(self.values[b], non_blocking=True)
+            self._slot_of[b] = slot
+        lookup = torch.full((max(self.n_blocks, 1) + 1,), -1, dtype=torch.long)
+        for b in wanted:
+            lookup[b + 1] = self._slot_of[b]
+        idx = lookup[block_idx.cpu().long() + 1].to(self.device)  # -1 (empty) maps to -1
         return self._slots_k, self._slots_v, idx
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
@@ -141,4 +157,4 @@ class BlockStore:
             raise ValueError("saved memory was built with another n_init")
         if state["n_blocks"]:
             self.append(state["keys"].to(self.keys.dtype), state["values"].to(self.keys.dtype),
-                        state["repr_keys"].to(self.device, self.repr_keys.dtype))
+                        state["repr_keys"].to(self.device, self.repr_keys.dtype))  # repr_sum recomputed

@@ -90,6 +90,7 @@ class ContextMemory(Cache):
         super().__init__(layers=[MemoryCacheLayer(m) for m in memories])
         self.config = config
         self.memories = memories
+        self._question_pins: list[torch.Tensor] | None = None
 
     @property
     def n_seen(self) -> int:
@@ -120,6 +121,57 @@ class ContextMemory(Cache):
         concurrently. For questions answered one after another, :meth:`snapshot`/:meth:`restore` is cheaper."""
         shared = self.memories[0].rope
         return copy.deepcopy(self, memo={id(shared): shared})
+
+    # answer-time block selection -------------------------------------------------------------------
+
+    def align_chunks(self) -> None:
+        """Start a new query chunk at the next token, in every layer: a question then retrieves with its
+        own queries instead of sharing a chunk with the end of the document."""
+        for m in self.memories:
+            m.align_chunks()
+
+    @property
+    def chunk_origin(self) -> int:
+        """Stream position from which query chunks (and prefill chunks) are counted."""
+        return self.memories[0].chunk_origin
+
+    @contextlib.contextmanager
+    def ranking_question(self) -> Iterator[None]:
+        """Rank the blocks by the queries of the tokens read inside the block (per layer and KV head, best
+        question token); on exit, pin each layer's ``question_topk`` best blocks (question-aware retrieval).
+
+        The caller usually reads the question a second time after restoring a snapshot taken before it, so
+        that the question's own tokens, and the first answer token, already see the pinned blocks:
+        :meth:`infllm_cli.runner.Runner.read_question` does this.
+        """
+        for m in self.memories:
+            m.begin_question()
+        try:
+            yield
+        finally:
+            self._question_pins = [m.end_question() for m in self.memories]
+
+    def pin_question_blocks(self) -> None:
+        """Pin the blocks found by the last :meth:`ranking_question`."""
+        pins = self._question_pins
+        if pins is None:
+            raise RuntimeError("no question was ranked: read one inside ranking_question() first")
+        for m, blocks in zip(self.memories, pins):
+            m.pin(blocks)
+
+    def pin_blocks(self, blocks: list[int]) -> None:
+        """Make every layer and head read ``blocks`` beside its own selection (e.g. an oracle)."""
+        device = self.memories[0].k_raw.device
+        for m in self.memories:
+            m.pin(torch.tensor(blocks, dtype=torch.long, device=device))
+
+    def unpin(self) -> None:
+        for m in self.memories:
+            m.pin(None)
+
+    def blocks_of(self, start: int, end: int) -> list[int]:
+        """Stored blocks that hold any token of the stream range ``[start, end)``."""
+        return [b for b, (s, e) in enumerate(self.block_spans()) if s < end and start < e]
 
     # persistence: everything, blocks included -----------------------------------------------------------
 

@@ -15,18 +15,26 @@ Algorithm for a query chunk of ``L`` tokens starting at stream position ``t`` (o
    representative keys (the first eviction also moves the ``n_init`` initial tokens to ``init``). So
    every query sees at least ``n_local`` tokens of true local context, and no token is seen twice;
 2. append the chunk's keys/values to the window;
-3. retrieve: score every stored block against the chunk's mean memory query, keep the ``topk`` best;
+3. retrieve: rank the stored blocks for the chunk and keep the ``topk`` best, plus any pinned blocks and
+   their neighbours (:class:`~infllm_cli.memory.selection.BlockSelector`; the paper ranks with the chunk's
+   mean memory query);
 4. attend: one softmax over [initial tokens | retrieved blocks | local window] (backend op);
 5. account: add the attention mass the window's keys received to their scores.
 
 With ``n_local`` at least the stream length nothing is ever evicted and this is exactly causal dense
 attention. Each query chunk only sees its own layer's history, so the result does not depend on how the
-stream was cut into forward passes (as long as the cuts fall on multiples of ``exc_block_size``).
+stream was cut into forward passes (as long as the cuts fall on multiples of ``exc_block_size`` counted
+from ``chunk_origin``, which :meth:`LayerMemory.align_chunks` moves so that a question starts a chunk of
+its own).
+
+Answer-time state (not part of :meth:`LayerMemory.state_dict`, cleared by :meth:`LayerMemory.load_state_dict`):
+``pinned`` blocks read by every chunk beside its own selection, ``question_scores`` accumulated while a
+question is being ranked, and an optional ``probe`` called with every selection (diagnostics).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -35,6 +43,9 @@ from infllm_kernels.backend import Backend
 from ..config import MemoryConfig
 from .block_store import BlockStore
 from .rope import RotaryTable
+from .selection import BlockSelector
+
+Probe = Callable[["LayerMemory", torch.Tensor, torch.Tensor], None]
 
 
 class LayerMemory:
@@ -67,6 +78,11 @@ class LayerMemory:
         self.keep_blocks = keep_blocks and config.topk > 0
         self.n_seen = 0
         self.local_start = 0
+        self.chunk_origin = 0
+        self.selector = BlockSelector(config, backend, n_kv_heads)
+        self.pinned: torch.Tensor | None = None  # [Hkv, P] blocks every chunk reads (question / oracle)
+        self.question_scores: torch.Tensor | None = None  # [Hkv, n] best question score per block
+        self.probe: Probe | None = None
         cap = config.max_window + 1
         shape = (n_kv_heads, cap, head_dim)
         self.k_raw = torch.zeros(shape, dtype=dtype, device=device)
@@ -104,7 +120,7 @@ class LayerMemory:
         start = 0
         while start < q.shape[1]:
             # chunk boundaries on absolute multiples of exc_block_size: independent of forward sizes
-            end = min(q.shape[1], start + exc - (self.n_seen % exc))
+            end = min(q.shape[1], start + exc - ((self.n_seen - self.chunk_origin) % exc))
             outs.append(self._attend_chunk(q[:, start:end], k[:, start:end], v[:, start:end], scale))
             start = end
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
@@ -133,13 +149,46 @@ class LayerMemory:
 
     def _retrieve(self, q_mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         store = self.store
+        n_kv = self.k_raw.shape[0]
         if not self.keep_blocks or store.n_blocks == 0:
-            idx = torch.zeros(0, dtype=torch.long, device=q_mem.device)
-        elif store.n_blocks <= self.config.topk:
-            idx = torch.arange(store.n_blocks, device=q_mem.device)
+            idx = torch.zeros((n_kv, 0), dtype=torch.long, device=q_mem.device)
         else:
-            idx = self.backend.topk_blocks(q_mem.mean(dim=1), store.repr_keys, store.n_blocks, self.config.topk)
+            if self.question_scores is not None:
+                self._rank_question(q_mem)
+            idx = self.selector.select(q_mem, store, self.pinned)
+            if self.probe is not None:
+                self.probe(self, q_mem, idx)
         return store.device_blocks(idx)
+
+    def _rank_question(self, q_mem: torch.Tensor) -> None:
+        scores = self.selector.question_scores(q_mem, self.store).to(q_mem.device)
+        old = self.question_scores
+        if old.shape[1] < scores.shape[1]:  # blocks evicted while the question is read
+            old = torch.nn.functional.pad(old, (0, scores.shape[1] - old.shape[1]), value=float("-inf"))
+        self.question_scores = torch.maximum(old, scores)
+
+    # -- answer-time selection control -----------------------------------------------------------------
+
+    def align_chunks(self) -> None:
+        """Start a new query chunk at the next token (chunks are counted from here on)."""
+        self.chunk_origin = self.n_seen
+
+    def begin_question(self) -> None:
+        """Rank blocks by the queries of the tokens read from now on (see :meth:`end_question`)."""
+        self.question_scores = torch.full((self.k_raw.shape[0], 0), float("-inf"), device=self.k_raw.device)
+
+    def end_question(self) -> torch.Tensor:
+        """Stop ranking; the ``question_topk`` best blocks per KV head, [Hkv, P]."""
+        scores, self.question_scores = self.question_scores, None
+        if scores is None or not self.keep_blocks:
+            return torch.zeros((self.k_raw.shape[0], 0), dtype=torch.long, device=self.k_raw.device)
+        return self.selector.question_blocks(scores)
+
+    def pin(self, blocks: torch.Tensor | None) -> None:
+        """Blocks [Hkv, P] (or [P] for every head) that every chunk reads from now on; None to stop."""
+        if blocks is not None and blocks.dim() == 1:
+            blocks = blocks[None].expand(self.k_raw.shape[0], -1)
+        self.pinned = None if blocks is None else blocks.to(device=self.k_raw.device, dtype=torch.long)
 
     def _evict(self, t: int) -> None:
         """Move every full block that is at least ``n_local`` tokens behind position ``t`` out of the window."""
@@ -176,6 +225,7 @@ class LayerMemory:
         return {
             "n_seen": self.n_seen,
             "local_start": self.local_start,
+            "chunk_origin": self.chunk_origin,
             "k_raw": self.k_raw[:, :n].clone(),
             "v": self.v[:, :n].clone(),
             "mass": self.mass[:n].clone(),
@@ -187,6 +237,9 @@ class LayerMemory:
         """Restore from :meth:`state_dict`; ``store_blocks`` is a block count (truncate) or a store state."""
         self.n_seen = state["n_seen"]
         self.local_start = state["local_start"]
+        self.chunk_origin = state.get("chunk_origin", 0)
+        self.pinned = None
+        self.question_scores = None
         n = self.n_local
         dev = self.k_raw.device
         self.k_raw[:, :n] = state["k_raw"].to(dev)

@@ -63,6 +63,7 @@ def test_auto_preset_fits_the_trained_context() -> None:
     assert auto_preset(_Cfg(32768)) == "paper"
     assert auto_preset(_Cfg(4096)) == "small"
     assert auto_preset(_Cfg(512)) == "tiny"
+    assert auto_preset(_Cfg(256)) == "micro"
     assert auto_preset(_Cfg(None)) == "paper"
 
 

@@ -1,0 +1,100 @@
+"""Block selection: the paper's rule, each improvement, question-aware pins and the oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infllm_cli.config import SELECTIONS, ConfigError, MemoryConfig, with_selection
+from infllm_cli.memory.selection import BlockSelector, widen_and_dedupe
+from infllm_kernels.backend import TORCH
+from tests.test_memory import make_layer
+
+
+def test_widen_and_dedupe():
+    idx = torch.tensor([[3, 0, -1, 4], [9, 9, 1, -1]])
+    got = widen_and_dedupe(idx, 1, n_blocks=10)
+    rows = [sorted(b for b in row if b >= 0) for row in got.tolist()]
+    assert rows == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 8, 9]]
+    assert all(len(row) == len(set(row)) for row in rows)
+    plain = widen_and_dedupe(idx, 0, n_blocks=10)
+    assert [sorted(b for b in row if b >= 0) for row in plain.tolist()] == [[0, 3, 4], [1, 9]]
+
+
+def store_with(reps: torch.Tensor, block_size: int = 8):
+    layer = make_layer(MemoryConfig(n_init=0, n_local=16, block_size=block_size, topk=2, repr_topk=reps.shape[2],
+                                    exc_block_size=8, chunk_size=8), n_kv=reps.shape[1], d=reps.shape[3])
+    n, n_kv, _, d = reps.shape
+    layer.store.append(torch.zeros(n, n_kv, block_size, d), torch.zeros(n, n_kv, block_size, d), reps)
+    return layer.store
+
+
+def test_paper_selection_is_the_mean_query_against_summed_representatives():
+    g = torch.Generator().manual_seed(0)
+    reps = torch.randn(20, 2, 3, 16, generator=g)
+    q = torch.randn(4, 5, 16, generator=g)
+    store = store_with(reps)
+    config = with_selection(MemoryConfig(n_local=16, block_size=8, topk=3, repr_topk=3, exc_block_size=8, chunk_size=8), "paper")
+    idx = BlockSelector(config, TORCH, 2).select(q, store)
+    # the formula of Xiao et al., written out: sum over heads of q_mean[h] . sum_r repr[b, kv(h), r]
+    qm = q.mean(dim=1)
+    scores = sum(reps[:, h // 2].sum(dim=1) @ qm[h] for h in range(4))
+    want = scores.topk(3).indices.sort().values
+    assert idx.shape == (2, 3) and torch.equal(idx[0], want) and torch.equal(idx[1], want)
+
+
+def test_max_scores_find_a_block_that_one_query_and_one_key_match():
+    """A block whose single representative key matches a single query of the chunk: the paper's averaged
+    score loses it among blocks with a moderate bias, the max scores find it, per KV head."""
+    d = 16
+    reps = torch.zeros(30, 2, 4, d)
+    reps[:, :, :, 0] = 1.0  # every block leans a little towards channel 0
+    reps[17, 1, 2] = 0.0
+    reps[17, 1, 2, 5] = 12.0  # one key of block 17, KV head 1, answers channel 5
+    q = torch.zeros(4, 32, d)
+    q[:, :, 0] = 1.0
+    q[2:, 31] = 0.0
+    q[2:, 31, 5] = 1.0  # the last query of heads 2-3 (KV head 1) looks for channel 5
+    store = store_with(reps)
+    base = MemoryConfig(n_local=16, block_size=8, topk=2, repr_topk=4, exc_block_size=8, chunk_size=8)
+    paper = BlockSelector(with_selection(base, "paper"), TORCH, 2).select(q, store)
+    best = BlockSelector(base.replace(neighbors=0), TORCH, 2).select(q, store)
+    assert 17 not in paper.flatten().tolist()
+    assert 17 in best[1].tolist() and 17 not in best[0].tolist()
+
+
+def test_question_blocks_are_pinned_for_the_answer_and_cleared_by_restore():
+    config = MemoryConfig(n_init=2, n_local=16, block_size=4, topk=1, repr_topk=2, exc_block_size=4, chunk_size=4,
+                          question_topk=2, neighbors=0)
+    layer = make_layer(config)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        layer.attend(torch.randn(4, 4, 16, generator=g), torch.randn(2, 4, 16, generator=g), torch.randn(2, 4, 16, generator=g), 0.25)
+    assert layer.store.n_blocks > 3
+    state = layer.state_dict()
+    n_blocks = layer.store.n_blocks
+    layer.begin_question()
+    layer.attend(torch.randn(4, 3, 16, generator=g), torch.randn(2, 3, 16, generator=g), torch.randn(2, 3, 16, generator=g), 0.25)
+    pins = layer.end_question()
+    assert pins.shape == (2, 2) and int(pins.max()) < layer.store.n_blocks
+    layer.load_state_dict(state, n_blocks)
+    layer.pin(pins)
+    seen = []
+    layer.probe = lambda _layer, _q, idx: seen.append(idx)
+    layer.attend(torch.randn(4, 1, 16, generator=g), torch.randn(2, 1, 16, generator=g), torch.randn(2, 1, 16, generator=g), 0.25)
+    assert all(set(pins[h].tolist()) <= set(seen[-1][h].tolist()) for h in range(2))
+    layer.load_state_dict(state, n_blocks)
+    assert layer.pinned is None and layer.question_scores is None
+
+
+def test_selection_knobs_are_validated():
+    with pytest.raises(ConfigError, match="repr_score"):
+        MemoryConfig(repr_score="mean")
+    with pytest.raises(ConfigError, match="query_score"):
+        MemoryConfig(query_score="sum")
+    with pytest.raises(ConfigError, match="neighbors"):
+        MemoryConfig(neighbors=-1)
+    with pytest.raises(ConfigError, match="unknown selection"):
+        with_selection(MemoryConfig(), "best")
+    assert with_selection(MemoryConfig(), "paper").selection == SELECTIONS["paper"]
+    assert MemoryConfig().selection == SELECTIONS["default"]
