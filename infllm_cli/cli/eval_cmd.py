@@ -90,3 +90,7 @@ def perplexity_cmd(
             raise InputError(f"{source}: fewer than two tokens, nothing to score")
         result.config["preset"] = preset_name
         typer.echo(json.dumps(result.to_dict()) if opts.json else format_table(result))
+
+
+from . import eval_jsonl_cmd  # noqa: E402,F401  registers 'eval jsonl'
+from . import recall_cmd  # noqa: E402,F401  registers 'eval recall'

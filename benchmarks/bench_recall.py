@@ -1,0 +1,144 @@
+"""Recall benchmark: the paper's block selection, each improvement, the default, streaming, dense and the
+oracle, on the same generated samples in one process; plus the prefill/decode cost of paper vs default.
+
+Usage (CPU, the recall test model committed in tests/models)::
+
+    python benchmarks/bench_recall.py --lengths 16K --trials 30 --threads 2
+    python benchmarks/bench_recall.py --lengths 64K --trials 10 --tasks passkey multikey
+    python benchmarks/bench_recall.py --lengths 16K --filler prose --key-format words   # held-out inputs
+
+Prints a markdown table (task x length x variant: exact match, answer-token accuracy, NLL, evidence hit
+rate and median rank) and a cost table; ``--json PATH`` keeps every trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from infllm_cli.config import SELECTIONS, preset, with_selection  # noqa: E402
+from infllm_cli.models import load_model  # noqa: E402
+from infllm_cli.recall import parse_length  # noqa: E402
+from infllm_cli.recall_eval import Variant, run_recall, summarize  # noqa: E402
+from infllm_cli.runner import Runner  # noqa: E402
+
+RECALL_MODEL = Path(__file__).resolve().parent.parent / "tests" / "models" / "recall-byte256"
+
+
+def variants(base, names: list[str]) -> list[Variant]:
+    paper = with_selection(base, "paper")
+    default = with_selection(base, "default")
+    table = {
+        "streaming": Variant("streaming", "streaming", paper),
+        "dense": Variant("dense", "dense", paper),
+        "paper": Variant("paper", "infllm", paper),
+        "paper+kv-head": Variant("paper+kv-head", "infllm", paper.replace(per_kv_head=True)),
+        "paper+repr-max": Variant("paper+repr-max", "infllm", paper.replace(repr_score="max")),
+        "paper+query-max": Variant("paper+query-max", "infllm", paper.replace(query_score="max")),
+        "paper+neighbors": Variant("paper+neighbors", "infllm", paper.replace(neighbors=1)),
+        "paper+question": Variant("paper+question", "infllm", paper.replace(question_topk=SELECTIONS["default"]["question_topk"])),
+        "paper-3xtopk": Variant("paper-3xtopk", "infllm", paper.replace(topk=3 * base.topk)),
+        "default-no-question": Variant("default-no-question", "infllm", default.replace(question_topk=0)),
+        "default-no-neighbors": Variant("default-no-neighbors", "infllm", default.replace(neighbors=0)),
+        "default": Variant("default", "infllm", default),
+        "paper+oracle": Variant("paper+oracle", "infllm", paper, oracle=True),
+        "default+oracle": Variant("default+oracle", "infllm", default, oracle=True),
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}; choose from {list(table)}")
+    return [table[n] for n in names]
+
+
+ALL = ["streaming", "paper", "paper+kv-head", "paper+repr-max", "paper+query-max", "paper+neighbors", "paper+question",
+       "paper-3xtopk", "default-no-question", "default-no-neighbors", "default", "paper+oracle", "default+oracle"]
+
+
+def cost(loaded, base, tokens: int, decode: int, repeats: int) -> list[dict]:
+    """Prefill tokens/s and decode ms/token of paper vs default selection, alternating, same inputs."""
+    ids = torch.randint(3, loaded.model.config.vocab_size, (tokens + decode,), generator=torch.Generator().manual_seed(0)).tolist()
+    rows = {name: {"selection": name, "prefill_s": [], "decode_ms": []} for name in ("paper", "default")}
+    for _ in range(repeats):
+        for name in rows:
+            runner = Runner(loaded, with_selection(base, name), backend="torch")
+            t0 = time.perf_counter()
+            runner.feed(ids[:tokens])
+            t1 = time.perf_counter()
+            runner.read_question(ids[tokens : tokens + 8])
+            t2 = time.perf_counter()
+            for tok in ids[tokens + 8 : tokens + decode]:
+                runner.decode_one_token(tok)
+            t3 = time.perf_counter()
+            rows[name]["prefill_s"].append(t1 - t0)
+            rows[name]["decode_ms"].append(1000 * (t3 - t2) / (decode - 8))
+    out = []
+    for r in rows.values():
+        p, d = min(r["prefill_s"]), min(r["decode_ms"])
+        out.append({"selection": r["selection"], "tokens": tokens, "prefill_tokens_per_s": tokens / p, "prefill_s": p,
+                    "decode_ms_per_token": d})
+    paper_p = out[0]["prefill_s"]
+    for r in out:
+        r["prefill_vs_paper"] = r["prefill_s"] / paper_p
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(RECALL_MODEL))
+    ap.add_argument("--preset", default="micro")
+    ap.add_argument("--tasks", nargs="+", default=["passkey", "multikey"])
+    ap.add_argument("--lengths", nargs="+", default=["16K"])
+    ap.add_argument("--depths", nargs="+", type=float, default=[0.1, 0.5, 0.9])
+    ap.add_argument("--trials", type=int, default=10, help="per task x length x depth")
+    ap.add_argument("--variants", nargs="+", default=ALL)
+    ap.add_argument("--filler", default="grass")
+    ap.add_argument("--key-format", default="digits")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cost-tokens", type=int, default=0, help="also time paper vs default prefill on this many tokens")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    loaded = load_model(a.model, device="cpu", dtype="float32")
+    base = preset(a.preset)
+    vs = variants(base, a.variants)
+    lengths = [parse_length(x) for x in a.lengths]
+    start = time.perf_counter()
+    results = run_recall(loaded, vs, a.tasks, lengths, a.depths, a.trials, seed=a.seed, filler=a.filler,
+                         key_format=a.key_format, backend="torch")
+    elapsed = time.perf_counter() - start
+    # pool the depths: one row per task x length x variant
+    pooled = summarize([type(r)(**{**r.__dict__, "depth": -1.0}) for r in results])
+    print(f"recall: model {Path(a.model).name}, preset {a.preset} {base.to_dict()}, filler {a.filler}, keys {a.key_format}, "
+          f"depths {a.depths}, {a.trials} trials each, seed {a.seed}, {elapsed:.0f} s, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads\n")
+    print("| task | length | variant | trials | exact | token acc | NLL | evidence hit | evidence rank |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in pooled:
+        hit = "-" if r["evidence_hit"] is None else f"{r['evidence_hit']:.2f}"
+        rank = "-" if r["evidence_rank"] is None else f"{r['evidence_rank']:.0f}"
+        print(f"| {r['task']} | {r['length']:,} | {r['variant']} | {r['trials']} | {r['exact_match']:.2f} | "
+              f"{r['token_accuracy']:.2f} | {r['nll']:.2f} | {hit} | {rank} |")
+    costs = cost(loaded, base, a.cost_tokens, 64, 2) if a.cost_tokens else []
+    if costs:
+        print("\n| selection | tokens | prefill tok/s | prefill vs paper | decode ms/token |")
+        print("|---|---|---|---|---|")
+        for c in costs:
+            print(f"| {c['selection']} | {c['tokens']:,} | {c['prefill_tokens_per_s']:.0f} | {c['prefill_vs_paper']:.2f} | "
+                  f"{c['decode_ms_per_token']:.1f} |")
+    if a.json:
+        a.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()},
+                                      "rows": summarize(results), "pooled": pooled, "cost": costs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

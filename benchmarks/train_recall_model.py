@@ -1,0 +1,233 @@
+"""Train the recall test model: a tiny byte-level Llama that copies from its context.
+
+Why: the retrieval benchmark (``infllm eval recall``) needs a model that *can* answer a pass-key question
+when the evidence is in its attention, and that was trained on short sequences only, so that reading a long
+document depends on the memory finding the evidence. Random tiny models cannot copy and stories260k does
+not copy (see its model card), so this script trains one, deterministically, on 2 CPU cores in ~25 minutes.
+
+Data, generated in code (no download): sequences of at most 256 bytes mixing
+
+* copy rows: a random segment, filler, the same segment again (induction heads form on these);
+* fact rows: key/value facts ("The pass key for Mira is 4521.", "the code of the blue box: QXT-91", ...)
+  inside filler sentences, then a question that restates the key and the answer;
+* story rows: sentences from a small grammar (so filler text is predictable, as in real documents).
+
+Curriculum: 64-byte sequences first (the induction circuit forms much faster on them), then 256-byte ones.
+Run::
+
+    python benchmarks/train_recall_model.py --out tests/models/recall-byte256
+
+and commit the folder (safetensors weights, tokenizer, model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<s>", "</s>", "<unk>"]
+
+# -- a small grammar for filler sentences (training only; the benchmark's fillers are different) -------
+_SUBJECTS = ["the farmer", "a small dog", "my sister", "the old man", "the teacher", "a tall girl", "the cat",
+             "our neighbour", "the baker", "a young boy", "the captain", "the doctor", "her friend", "the king"]
+_VERBS = ["walked to", "looked at", "painted", "found", "cleaned", "carried", "visited", "opened", "closed",
+          "watched", "fixed", "sold", "bought", "remembered", "forgot"]
+_OBJECTS = ["the red door", "a wooden chair", "the long road", "an apple tree", "the river", "a green boat",
+            "the market", "a broken clock", "the yellow house", "a heavy bag", "the garden", "the bridge",
+            "an empty box", "the tower", "a silver cup"]
+_ENDINGS = [".", " in the morning.", " after lunch.", " again.", " with care.", " before the rain.",
+            " at night.", " for a while.", " and smiled.", " without a word."]
+_NAMES = ["Mira", "Tom", "Ada", "Kofi", "Lena", "Ravi", "Ines", "Omar", "Yuki", "Sven", "Nora", "Pablo", "Zoe",
+          "Ivan", "Lucia", "Hugo", "Anya", "Felix", "Tara", "Diego"]
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def sentence(rng: random.Random) -> str:
+    s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}{rng.choice(_ENDINGS)}"
+    return s[0].upper() + s[1:] + " "
+
+
+def filler(rng: random.Random, n: int) -> str:
+    out = ""
+    while len(out) < n:
+        out += sentence(rng)
+    return out[:n]
+
+
+def value(rng: random.Random) -> str:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return str(rng.randrange(10 ** (d := rng.randint(3, 8)) // 10, 10**d))
+    if kind == 1:
+        return "".join(rng.choice(_ALNUM) for _ in range(rng.randint(3, 8)))
+    if kind == 2:
+        return f"{''.join(rng.choice(_ALNUM[:26]) for _ in range(3))}-{rng.randrange(10, 1000)}"
+    return rng.choice(_OBJECTS).split()[-1] + str(rng.randrange(100))
+
+
+def fact(rng: random.Random, key: str, val: str) -> tuple[str, str]:
+    """(statement, question prefix that the value completes)."""
+    noun = rng.choice(["pass key", "secret code", "magic number", "password", "number", "code", "id"])
+    forms = [
+        (f"The {noun} for {key} is {val}. ", f"What is the {noun} for {key}? The {noun} for {key} is "),
+        (f"{key}'s {noun} is {val}. ", f"{key}'s {noun} is "),
+        (f"Remember: {key} = {val}. ", f"{key} = "),
+        (f"The {noun} of {key}: {val}. ", f"The {noun} of {key}: "),
+    ]
+    return rng.choice(forms)
+
+
+def copy_row(rng: random.Random, length: int) -> str:
+    m = rng.randint(4, max(4, length // 2 - 2))
+    seg = "".join(rng.choice(_ALNUM + " .,") for _ in range(m))
+    gap = rng.randint(0, max(0, length - 2 * m))
+    lead = rng.randint(0, max(0, length - 2 * m - gap))
+    return filler(rng, lead) + seg + filler(rng, gap) + seg + filler(rng, length)
+
+
+def fact_row(rng: random.Random, length: int) -> str:
+    n_facts = rng.randint(1, 4)
+    keys = rng.sample(_NAMES, n_facts) if rng.random() < 0.7 else [
+        "".join(rng.choice(_ALNUM[:26]) for _ in range(rng.randint(3, 6))) for _ in range(n_facts)]
+    facts = [fact(rng, k, value(rng)) + (value,) for k in keys]
+    text = ""
+    answers = []
+    for statement, prefix, _ in facts:
+        text += filler(rng, rng.randint(0, length // 4)) + statement
+        answers.append((prefix, statement))
+    asked = rng.sample(answers, rng.randint(1, len(answers)))
+    tail = ""
+    for prefix, statement in asked:
+        val = statement[statement.rindex(" ", 0, len(statement) - 2) + 1 : -2]
+        tail += filler(rng, rng.randint(0, 24)) + prefix + val + ". "
+    return text + tail + filler(rng, length)
+
+
+def row(rng: random.Random, length: int) -> str:
+    r = rng.random()
+    text = copy_row(rng, length) if r < 0.4 else fact_row(rng, length) if r < 0.9 else filler(rng, length)
+    return text
+
+
+def encode(text: str) -> list[int]:
+    return [b + len(SPECIALS) for b in text.encode("utf-8")]
+
+
+def batch(rng: random.Random, size: int, length: int) -> torch.Tensor:
+    rows = []
+    for _ in range(size):
+        ids = [0] + encode(row(rng, length))  # BOS first, as the tokenizer adds it
+        rows.append(ids[:length])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda c: _byte_of(c))
+    vocab = {s: i for i, s in enumerate(SPECIALS)}
+    vocab.update({c: i + len(SPECIALS) for i, c in enumerate(alphabet)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok.add_special_tokens(SPECIALS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def _byte_of(char: str) -> int:
+    """Inverse of GPT-2's bytes_to_unicode for one character."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(map(chr, cs), bs))[char]
+
+
+def build_model(seed: int):
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=len(SPECIALS) + 256, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        rope_theta=10000.0, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config)
+
+
+def dense_passkey_accuracy(model, rng: random.Random, trials: int = 50, length: int = 250) -> float:
+    """Exact-match rate of a 5-digit key at random depth in a sequence of ``length`` bytes (full attention)."""
+    ok = 0
+    for _ in range(trials):
+        key = str(rng.randrange(10000, 100000))
+        q = "What is the pass key? The pass key is "
+        body = length - len(q) - 5 - 40
+        d = rng.randint(0, body)
+        text = filler(rng, d) + f"The pass key is {key}. Remember it. " + filler(rng, body - d) + q
+        ids = torch.tensor([[0] + encode(text + key)])
+        with torch.no_grad():
+            logits = model(ids).logits[0, -6:-1]
+        ok += logits.argmax(-1).tolist() == ids[0, -5:].tolist()
+    return ok / trials
+
+
+def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr: float, threads: int) -> None:
+    torch.set_num_threads(threads)
+    rng = random.Random(seed)
+    model = build_model(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    total = steps64 + steps256
+    start = time.time()
+    for step in range(total):
+        length = 64 if step < steps64 else 256
+        bsz = batch_size * 4 if length == 64 else batch_size
+        warm = min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
+        ids = batch(rng, bsz, length)
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == total - 1:
+            print(f"step {step:5d}  len {length}  loss {loss.item():.3f}  {time.time() - start:6.0f}s", flush=True)
+    model.eval()
+    acc = dense_passkey_accuracy(model, random.Random(seed + 1))
+    print(f"dense pass-key exact match at 250 bytes: {acc:.2f}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    make_tokenizer().save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({
+        "seed": seed, "steps_64": steps64, "steps_256": steps256, "batch_size": batch_size, "lr": lr,
+        "threads": threads, "seconds": round(time.time() - start), "dense_passkey_250": acc,
+    }, indent=2) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("tests/models/recall-byte256"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps-64", type=int, default=1500)
+    p.add_argument("--steps-256", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    train(a.out, a.seed, a.steps_64, a.steps_256, a.batch_size, a.lr, a.threads)
+
+
+if __name__ == "__main__":
+    main()
