@@ -33,33 +33,54 @@ from infllm_cli.runner import Runner  # noqa: E402
 RECALL_MODEL = Path(__file__).resolve().parent.parent / "tests" / "models" / "recall-byte256"
 
 
+# each selection knob: its paper value and the value the improvement uses
+KNOBS = {
+    "kv-head": ("per_kv_head", False, True),
+    "bounds": ("block_score", "repr_sum", "bounds"),
+    "repr-max": ("block_score", "repr_sum", "repr_max"),
+    "query-max": ("query_score", "mean", "max"),
+    "question": ("question_topk", 0, 4),
+    "neighbors": ("neighbors", 0, 1),
+}
+
+
 def variants(base, names: list[str]) -> list[Variant]:
+    """``paper``, ``paper+KNOB`` (one improvement on the paper's rule), ``default``, ``default-KNOB`` (one
+    knob of the default back to the paper's value), ``default+neighbors``, ``paper-3xtopk`` (control: more
+    blocks), ``streaming``, ``dense``, and ``+oracle`` after any infllm variant."""
     paper = with_selection(base, "paper")
     default = with_selection(base, "default")
-    table = {
-        "streaming": Variant("streaming", "streaming", paper),
-        "dense": Variant("dense", "dense", paper),
-        "paper": Variant("paper", "infllm", paper),
-        "paper+kv-head": Variant("paper+kv-head", "infllm", paper.replace(per_kv_head=True)),
-        "paper+repr-max": Variant("paper+repr-max", "infllm", paper.replace(repr_score="max")),
-        "paper+query-max": Variant("paper+query-max", "infllm", paper.replace(query_score="max")),
-        "paper+neighbors": Variant("paper+neighbors", "infllm", paper.replace(neighbors=1)),
-        "paper+question": Variant("paper+question", "infllm", paper.replace(question_topk=SELECTIONS["default"]["question_topk"])),
-        "paper-3xtopk": Variant("paper-3xtopk", "infllm", paper.replace(topk=3 * base.topk)),
-        "default-no-question": Variant("default-no-question", "infllm", default.replace(question_topk=0)),
-        "default-no-neighbors": Variant("default-no-neighbors", "infllm", default.replace(neighbors=0)),
-        "default": Variant("default", "infllm", default),
-        "paper+oracle": Variant("paper+oracle", "infllm", paper, oracle=True),
-        "default+oracle": Variant("default+oracle", "infllm", default, oracle=True),
-    }
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        sys.exit(f"unknown variant(s) {unknown}; choose from {list(table)}")
-    return [table[n] for n in names]
+    out = []
+    for name in names:
+        oracle = name.endswith("+oracle")
+        stem = name.removesuffix("+oracle")
+        if stem in ("streaming", "dense"):
+            out.append(Variant(name, stem, paper))
+            continue
+        if stem == "paper":
+            config = paper
+        elif stem == "default":
+            config = default
+        elif stem == "paper-3xtopk":
+            config = paper.replace(topk=3 * base.topk)
+        elif stem.startswith("paper+") and stem[6:] in KNOBS:
+            field, _, better = KNOBS[stem[6:]]
+            config = paper.replace(**{field: better})
+        elif stem.startswith("default-") and stem[8:] in KNOBS:
+            field, old, _ = KNOBS[stem[8:]]
+            config = default.replace(**{field: old})
+        elif stem.startswith("default+") and stem[8:] in KNOBS:
+            field, _, better = KNOBS[stem[8:]]
+            config = default.replace(**{field: better})
+        else:
+            sys.exit(f"unknown variant {name!r}; see variants() in {__file__}")
+        out.append(Variant(name, "infllm", config, oracle=oracle))
+    return out
 
 
-ALL = ["streaming", "paper", "paper+kv-head", "paper+repr-max", "paper+query-max", "paper+neighbors", "paper+question",
-       "paper-3xtopk", "default-no-question", "default-no-neighbors", "default", "paper+oracle", "default+oracle"]
+ALL = ["streaming", "paper", *[f"paper+{k}" for k in KNOBS], "paper-3xtopk", "default",
+       *[f"default-{k}" for k in ("kv-head", "bounds", "question")], "default+query-max", "default+neighbors",
+       "paper+oracle", "default+oracle"]
 
 
 def cost(loaded, base, tokens: int, decode: int, repeats: int) -> list[dict]:

@@ -24,16 +24,18 @@ the best combination the recall benchmark found (named ``default``):
 =====================  ==================================================================================
 ``per_kv_head``        each KV head ranks the blocks and reads its own ``topk`` (paper: one ranking
                        summed over all heads)
-``repr_score``         ``max``: a block scores as its best representative key; ``sum`` (paper): the sum
-                       over its representative keys
+``block_score``        what a block is scored with: ``bounds`` (per-channel min/max of all its keys: an
+                       upper bound of any key's score, so no token can be missed), ``repr_max`` (its best
+                       representative key), ``repr_sum`` (paper: the sum of its representative keys)
 ``query_score``        ``max``: each query of the chunk scores the blocks and the best query counts;
                        ``mean`` (paper): the chunk's mean query scores them
 ``neighbors``          also read the ``neighbors`` blocks before and after every hit (facts split across
                        a block boundary)
 ``question_topk``      question-aware retrieval: when a prompt is read with
-                       :meth:`~infllm_cli.memory.cache.ContextMemory.question`, its queries rank the blocks
-                       (per KV head, best question token) and these blocks are kept for the whole answer,
-                       beside each token's own retrieval
+                       :meth:`~infllm_cli.runner.Runner.read_question`, every question token and head
+                       spreads a softmax over the blocks' scores; the ``question_topk`` blocks with the most
+                       mass (per KV head) are kept for the question and the whole answer, beside each
+                       token's own retrieval
 =====================  ==================================================================================
 """
 
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ATTENTION_MODES = ("infllm", "streaming", "dense")
-SCORE_MODES = ("max", "sum")
+BLOCK_SCORES = ("bounds", "repr_max", "repr_sum")
 QUERY_MODES = ("max", "mean")
 
 
@@ -67,9 +69,9 @@ class MemoryConfig:
     offload: bool = False
     """Keep the block store in host memory and move retrieved blocks to the compute device."""
     per_kv_head: bool = True
-    repr_score: str = "max"
-    query_score: str = "max"
-    neighbors: int = 1
+    block_score: str = "bounds"
+    query_score: str = "mean"
+    neighbors: int = 0
     question_topk: int = 4
 
     def __post_init__(self) -> None:
@@ -82,13 +84,13 @@ class MemoryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.repr_score not in SCORE_MODES:
-            raise ConfigError(f"repr_score must be one of {', '.join(SCORE_MODES)}, got {self.repr_score!r}")
+        if self.block_score not in BLOCK_SCORES:
+            raise ConfigError(f"block_score must be one of {', '.join(BLOCK_SCORES)}, got {self.block_score!r}")
         if self.query_score not in QUERY_MODES:
             raise ConfigError(f"query_score must be one of {', '.join(QUERY_MODES)}, got {self.query_score!r}")
         if not isinstance(self.per_kv_head, bool):
             raise ConfigError(f"per_kv_head must be True or False, got {self.per_kv_head!r}")
-        if self.topk > 0 and self.repr_topk < 1:
+        if self.topk > 0 and self.repr_topk < 1 and self.block_score != "bounds":
             raise ConfigError("repr_topk must be at least 1 when topk > 0 (blocks are scored through their representative keys)")
         if self.repr_topk > self.block_size:
             raise ConfigError(
@@ -140,9 +142,9 @@ class MemoryConfig:
 SELECTIONS: dict[str, dict[str, Any]] = {
     # Xiao et al.: the chunk's mean query against the sum of each block's representative keys, one ranking
     # summed over all heads, no neighbours, no question-aware blocks.
-    "paper": {"per_kv_head": False, "repr_score": "sum", "query_score": "mean", "neighbors": 0, "question_topk": 0},
+    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0},
     # the best combination on the recall benchmark (docs/retrieval.md)
-    "default": {"per_kv_head": True, "repr_score": "max", "query_score": "max", "neighbors": 1, "question_topk": 4},
+    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4},
 }
 
 

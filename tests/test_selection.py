@@ -58,9 +58,52 @@ def test_max_scores_find_a_block_that_one_query_and_one_key_match():
     store = store_with(reps)
     base = MemoryConfig(n_local=16, block_size=8, topk=2, repr_topk=4, exc_block_size=8, chunk_size=8)
     paper = BlockSelector(with_selection(base, "paper"), TORCH, 2).select(q, store)
-    best = BlockSelector(base.replace(neighbors=0), TORCH, 2).select(q, store)
+    best = BlockSelector(base.replace(neighbors=0, block_score="repr_max"), TORCH, 2).select(q, store)
     assert 17 not in paper.flatten().tolist()
     assert 17 in best[1].tolist() and 17 not in best[0].tolist()
+
+
+def test_bounds_cannot_miss_a_key_that_was_never_a_representative():
+    """Per-channel key bounds bound every key's score from above, so the block holding the one key a query
+    matches ranks first even though that key was not chosen as a representative."""
+    g = torch.Generator().manual_seed(2)
+    n, n_kv, bs, d = 40, 2, 8, 16
+    keys = torch.randn(n, n_kv, bs, d, generator=g) * 0.2
+    target = torch.randn(d, generator=g)
+    keys[23, :, 5] = target * 3  # the matching key
+    reps = keys[:, :, :2]  # representatives: the first two keys of each block (not the matching one)
+    layer = make_layer(MemoryConfig(n_init=0, n_local=16, block_size=bs, topk=1, repr_topk=2, exc_block_size=8,
+                                    chunk_size=8), n_kv=n_kv, d=d)
+    layer.store.append(keys, torch.zeros_like(keys), reps)
+    q = target.expand(4, 3, d).clone()
+    base = MemoryConfig(n_local=16, block_size=bs, topk=1, repr_topk=2, exc_block_size=8, chunk_size=8, neighbors=0)
+    bound = BlockSelector(base.replace(block_score="bounds"), TORCH, n_kv)
+    assert bound.select(q, layer.store).tolist() == [[23], [23]]
+    assert BlockSelector(base.replace(block_score="repr_max"), TORCH, n_kv).select(q, layer.store).tolist() != [[23], [23]]
+    # the bound is a true upper bound of every key's score
+    s = bound.scores(q[:, :1], layer.store)  # [Hkv, n]
+    exact = torch.einsum("hd,nkbd->nkhb", q[:, 0], keys)  # [n, Hkv, H, bs]: every key's score
+    per_head = torch.stack([exact[:, kv, 2 * kv : 2 * kv + 2].amax(-1).sum(-1) for kv in range(n_kv)])  # [Hkv, n]
+    assert torch.all(s >= per_head - 1e-4)
+
+
+def test_question_mass_favours_the_block_many_question_tokens_point_to():
+    """One block matches every question token moderately, another matches one token strongly: the summed
+    softmax mass prefers the first, the best-single-token score the second."""
+    d = 8
+    reps = torch.zeros(10, 1, 1, d)
+    reps[3, 0, 0, :4] = 2.0  # matches queries 0-3 (channel i each) moderately
+    reps[7, 0, 0, 5] = 9.0  # matches query 4 only, strongly
+    store = store_with(reps, block_size=8)
+    q = torch.zeros(1, 5, d)
+    for i in range(4):
+        q[0, i, i] = 1.0
+    q[0, 4, 5] = 1.0
+    sel = BlockSelector(MemoryConfig(n_local=16, block_size=8, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8,
+                                     block_score="repr_max", question_topk=1), TORCH, 1)
+    mass = sel.question_mass(q, store, scale=1.0)
+    assert sel.question_blocks(mass).tolist() == [[3]]
+    assert int(sel.scores(q, store).argmax()) == 7
 
 
 def test_question_blocks_are_pinned_for_the_answer_and_cleared_by_restore():
@@ -88,8 +131,8 @@ def test_question_blocks_are_pinned_for_the_answer_and_cleared_by_restore():
 
 
 def test_selection_knobs_are_validated():
-    with pytest.raises(ConfigError, match="repr_score"):
-        MemoryConfig(repr_score="mean")
+    with pytest.raises(ConfigError, match="block_score"):
+        MemoryConfig(block_score="mean")
     with pytest.raises(ConfigError, match="query_score"):
         MemoryConfig(query_score="sum")
     with pytest.raises(ConfigError, match="neighbors"):

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..config import ATTENTION_MODES, PRESETS, QUERY_MODES, SCORE_MODES, SELECTIONS, GenerationConfig, MemoryConfig, preset, with_selection
+from ..config import ATTENTION_MODES, PRESETS, QUERY_MODES, BLOCK_SCORES, SELECTIONS, GenerationConfig, MemoryConfig, preset, with_selection
 
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -60,7 +60,7 @@ class Options:
     offload: Optional[bool] = None
     selection: str = "default"
     per_kv_head: Optional[bool] = None
-    repr_score: Optional[str] = None
+    block_score: Optional[str] = None
     query_score: Optional[str] = None
     neighbors: Optional[int] = None
     question_topk: Optional[int] = None
@@ -93,7 +93,7 @@ class Options:
             chunk = max(1, base.chunk_size // self.exc_block_size) * self.exc_block_size
         config = with_selection(base, self.selection).replace(
             per_kv_head=self.per_kv_head,
-            repr_score=self.repr_score,
+            block_score=self.block_score,
             query_score=self.query_score,
             neighbors=self.neighbors,
             question_topk=self.question_topk,
@@ -151,7 +151,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("offload", Optional[bool], typer.Option("--offload/--no-offload", help="Keep the block store in host memory.", rich_help_panel=P_MEMORY, show_default=False)),
         ("selection", str, typer.Option("--selection", metavar="NAME", help=f"Block selection: {', '.join(SELECTIONS)} (paper: Xiao et al.'s; default: the best measured, see docs/retrieval.md). The selection knobs below override it.", callback=_choice("selection", tuple(SELECTIONS)), rich_help_panel=P_MEMORY)),
         ("per_kv_head", Optional[bool], typer.Option("--per-kv-head/--shared-ranking", help="Each KV head picks its own blocks, or one ranking summed over all heads.", rich_help_panel=P_MEMORY, show_default=False)),
-        ("repr_score", Optional[str], typer.Option("--repr-score", metavar="MODE", help="A block scores as its best representative key (max) or their sum (sum).", callback=_choice("repr_score", SCORE_MODES), rich_help_panel=P_MEMORY, show_default=False)),
+        ("block_score", Optional[str], typer.Option("--block-score", metavar="MODE", help="Blocks scored by the min/max bounds of all their keys (bounds), their best representative key (repr_max) or the sum of their representative keys (repr_sum, the paper).", callback=_choice("block_score", BLOCK_SCORES), rich_help_panel=P_MEMORY, show_default=False)),
         ("query_score", Optional[str], typer.Option("--query-score", metavar="MODE", help="Blocks ranked by the chunk's best query (max) or its mean query (mean).", callback=_choice("query_score", QUERY_MODES), rich_help_panel=P_MEMORY, show_default=False)),
         ("neighbors", Optional[int], typer.Option("--neighbors", metavar="N", help="Also read N blocks on each side of every retrieved block.", min=0, max=8, rich_help_panel=P_MEMORY, show_default=False)),
         ("question_topk", Optional[int], typer.Option("--question-topk", metavar="N", help="Blocks per KV head ranked by the whole question and kept for the answer (0: off).", min=0, max=1024, rich_help_panel=P_MEMORY, show_default=False)),

@@ -1,8 +1,10 @@
 """The block store of one layer: every evicted block's keys, values and representative keys.
 
-Each block also keeps the sum of its representative keys (``repr_sum``), computed once when it is
-written: the paper's block score is a dot product with that sum, so scoring need not re-add the
-representative keys for every query chunk.
+Each block also keeps, computed once when it is written, the sum of its representative keys
+(``repr_sum``: the paper's block score is a dot product with it, so scoring need not re-add the
+representative keys for every query chunk) and the per-channel maximum and minimum of all its keys
+(``bounds`` = [max | min] along the channel axis: ``relu(q) . max + min(q, 0) . min`` is the largest score
+``q . k`` any key of the block can reach).
 
 Blocks are immutable once written and only ever appended, so a snapshot of the store is just its block
 count, and restoring it is a truncation. Block ``b`` holds the tokens ``first_token + b*block_size`` up to
@@ -23,7 +25,7 @@ import torch
 
 class BlockStore:
     """Growable ``[capacity, Hkv, block_size, D]`` key/value blocks plus ``[capacity, Hkv, R, D]`` representatives
-    and their ``[capacity, Hkv, 1, D]`` sums.
+    and their ``[capacity, Hkv, 1, D]`` sums, and ``[capacity, Hkv, 1, 2D]`` per-channel key bounds.
 
     Parameters
     ----------
@@ -58,6 +60,7 @@ class BlockStore:
         self.values = torch.empty_like(self.keys)
         self.repr_keys = torch.empty((0, n_kv_heads, repr_topk, head_dim), dtype=dtype, device=device)
         self.repr_sum = torch.empty((0, n_kv_heads, 1, head_dim), dtype=dtype, device=device)
+        self.bounds = torch.empty((0, n_kv_heads, 1, 2 * head_dim), dtype=dtype, device=device)
         if offload:
             self._slots_k = torch.empty((max_cached_block, *self._shape), dtype=dtype, device=device)
             self._slots_v = torch.empty_like(self._slots_k)
@@ -69,7 +72,7 @@ class BlockStore:
 
     def _grow(self, needed: int) -> None:
         new_cap = max(needed, 2 * self.capacity, 16)
-        for name in ("keys", "values", "repr_keys", "repr_sum"):
+        for name in ("keys", "values", "repr_keys", "repr_sum", "bounds"):
             old = getattr(self, name)
             new = torch.empty((new_cap, *old.shape[1:]), dtype=old.dtype, device=old.device,
                               pin_memory=old.is_pinned())
@@ -86,6 +89,8 @@ class BlockStore:
         self.values[sl] = values.to(self.values.device, non_blocking=True)
         self.repr_keys[sl] = repr_keys
         self.repr_sum[sl] = repr_keys.float().sum(dim=2, keepdim=True).to(self.repr_sum.dtype)
+        self.bounds[sl] = torch.cat([keys.amax(dim=2, keepdim=True), keys.amin(dim=2, keepdim=True)], dim=-1).to(
+            device=self.bounds.device, dtype=self.bounds.dtype)
         self.n_blocks += n
 
     def truncate(self, n_blocks: int) -> None:
@@ -157,4 +162,4 @@ class BlockStore:
             raise ValueError("saved memory was built with another n_init")
         if state["n_blocks"]:
             self.append(state["keys"].to(self.keys.dtype), state["values"].to(self.keys.dtype),
-                        state["repr_keys"].to(self.device, self.repr_keys.dtype))  # repr_sum recomputed
+                        state["repr_keys"].to(self.device, self.repr_keys.dtype))  # sums and bounds recomputed

@@ -81,7 +81,8 @@ class LayerMemory:
         self.chunk_origin = 0
         self.selector = BlockSelector(config, backend, n_kv_heads)
         self.pinned: torch.Tensor | None = None  # [Hkv, P] blocks every chunk reads (question / oracle)
-        self.question_scores: torch.Tensor | None = None  # [Hkv, n] best question score per block
+        self.question_scores: torch.Tensor | None = None  # [Hkv, n] question mass per block
+        self.scale = 1.0  # the attention's softmax scale, from the last attend()
         self.probe: Probe | None = None
         cap = config.max_window + 1
         shape = (n_kv_heads, cap, head_dim)
@@ -116,6 +117,7 @@ class LayerMemory:
         out : [H, L, D]
         """
         exc = self.config.exc_block_size
+        self.scale = scale
         outs = []
         start = 0
         while start < q.shape[1]:
@@ -161,11 +163,11 @@ class LayerMemory:
         return store.device_blocks(idx)
 
     def _rank_question(self, q_mem: torch.Tensor) -> None:
-        scores = self.selector.question_scores(q_mem, self.store).to(q_mem.device)
+        mass = self.selector.question_mass(q_mem, self.store, self.scale)
         old = self.question_scores
-        if old.shape[1] < scores.shape[1]:  # blocks evicted while the question is read
-            old = torch.nn.functional.pad(old, (0, scores.shape[1] - old.shape[1]), value=float("-inf"))
-        self.question_scores = torch.maximum(old, scores)
+        if old.shape[1] < mass.shape[1]:  # blocks evicted while the question is read
+            old = torch.nn.functional.pad(old, (0, mass.shape[1] - old.shape[1]))
+        self.question_scores = old + mass
 
     # -- answer-time selection control -----------------------------------------------------------------
 
@@ -175,7 +177,7 @@ class LayerMemory:
 
     def begin_question(self) -> None:
         """Rank blocks by the queries of the tokens read from now on (see :meth:`end_question`)."""
-        self.question_scores = torch.full((self.k_raw.shape[0], 0), float("-inf"), device=self.k_raw.device)
+        self.question_scores = torch.zeros((self.k_raw.shape[0], 0), device=self.k_raw.device)
 
     def end_question(self) -> torch.Tensor:
         """Stop ranking; the ``question_topk`` best blocks per KV head, [Hkv, P]."""

@@ -5,8 +5,10 @@ For a chunk of memory queries ``q_mem`` [H, L, D] and a store of ``n`` blocks, t
 1. rank: score every block (:func:`infllm_kernels.reference.block_scores_ref`, the backend's
    ``topk_blocks``) with the chunk's mean query (``query_score="mean"``, the paper) or with every query of
    the chunk, best query counting (``"max"``), against the sum of each block's representative keys
-   (``repr_score="sum"``, the paper) or its best one (``"max"``); one ranking summed over all heads (the
-   paper) or one per KV head (``per_kv_head``); keep the ``topk`` best;
+   (``block_score="repr_sum"``, the paper), its best one (``"repr_max"``), or the per-channel bounds of
+   all its keys (``"bounds"``: ``relu(q) . kmax + min(q, 0) . kmin``, the largest score any key of the
+   block can reach, computed as one dot product of ``[relu(q) | min(q, 0)]`` with ``[kmax | kmin]``); one
+   ranking summed over all heads (the paper) or one per KV head (``per_kv_head``); keep the ``topk`` best;
 2. pin: add the blocks pinned for the current answer (question-aware retrieval, or an oracle);
 3. widen: add the ``neighbors`` blocks on each side of every block so far (facts cut by a block boundary);
 4. deduplicate: a block read twice would count twice in the softmax; repeats become empty slots (-1).
@@ -41,12 +43,15 @@ class BlockSelector:
         self.n_kv = n_kv_heads
 
     def queries(self, q_mem: torch.Tensor) -> torch.Tensor:
-        """[H, Lq, D]: the chunk's mean query (``query_score="mean"``) or all its queries."""
-        return q_mem.mean(dim=1, keepdim=True) if self.config.query_score == "mean" else q_mem
+        """[H, Lq, D'] scoring queries: the chunk's mean query (``query_score="mean"``) or all its queries,
+        as ``[relu(q) | min(q, 0)]`` (D' = 2D) against bounds."""
+        q = q_mem.mean(dim=1, keepdim=True) if self.config.query_score == "mean" else q_mem
+        return bound_queries(q) if self.config.block_score == "bounds" else q
 
     def representatives(self, store: BlockStore) -> torch.Tensor:
-        """[NB, Hkv, R, D]: each block's representative keys, or their sum as one row (``repr_score="sum"``)."""
-        return store.repr_sum if self.config.repr_score == "sum" else store.repr_keys
+        """[NB, Hkv, R, D'] what blocks are scored against (see ``block_score``)."""
+        score = self.config.block_score
+        return store.bounds if score == "bounds" else store.repr_sum if score == "repr_sum" else store.repr_keys
 
     def scores(self, q_mem: torch.Tensor, store: BlockStore) -> torch.Tensor:
         """The ranking scores :meth:`select` uses, [Hkv or 1, n] (diagnostics: where a block ranks)."""
@@ -71,14 +76,33 @@ class BlockSelector:
             idx = torch.cat([idx, pinned.to(idx.device)], dim=1)
         return widen_and_dedupe(idx, cfg.neighbors, store.n_blocks)
 
-    def question_blocks(self, scores: torch.Tensor) -> torch.Tensor:
-        """The ``question_topk`` best blocks per KV head from accumulated question scores [Hkv, n]."""
-        k = min(self.config.question_topk, scores.shape[1])
-        return torch.topk(scores, k, dim=1).indices.sort(dim=1).values
+    def question_blocks(self, mass: torch.Tensor) -> torch.Tensor:
+        """The ``question_topk`` blocks per KV head with the most question mass [Hkv, n] (see
+        :meth:`question_mass`)."""
+        k = min(self.config.question_topk, mass.shape[1])
+        return torch.topk(mass, k, dim=1).indices.sort(dim=1).values
 
-    def question_scores(self, q_mem: torch.Tensor, store: BlockStore) -> torch.Tensor:
-        """[Hkv, n] scores of every block for the question queries ``q_mem`` (best query, per KV head)."""
-        return self.backend.block_scores(q_mem, self.representatives(store), store.n_blocks, True)
+    def question_mass(self, q_mem: torch.Tensor, store: BlockStore, scale: float) -> torch.Tensor:
+        """[Hkv, n] how much of the question's attention each block would draw: for every question token and
+        query head, a softmax (at the attention's ``scale``) over the blocks' scores, summed over the tokens
+        and the heads of each KV group. Blocks that many question tokens point to win, not the block one
+        token happens to match best."""
+        h, n_q, _ = q_mem.shape
+        g = h // self.n_kv
+        q = (bound_queries(q_mem) if self.config.block_score == "bounds" else q_mem).view(self.n_kv, g, n_q, -1)
+        reps = self.representatives(store)
+        mass = torch.zeros((self.n_kv, store.n_blocks), dtype=torch.float32, device=q_mem.device)
+        for j in range(g):  # one query row per KV head at a time: scores per token and head, no reduction
+            for i in range(n_q):
+                s = self.backend.block_scores(q[:, j, i : i + 1].contiguous(), reps, store.n_blocks, True)
+                mass += torch.softmax(s.to(mass.device).float() * scale, dim=1)
+        return mass
+
+
+def bound_queries(q: torch.Tensor) -> torch.Tensor:
+    """``[relu(q) | min(q, 0)]`` along the channel axis: its dot product with a block's ``[kmax | kmin]``
+    is the largest ``q . k`` over the block's keys."""
+    return torch.cat([q.clamp(min=0), q.clamp(max=0)], dim=-1)
 
 
 def widen_and_dedupe(idx: torch.Tensor, neighbors: int, n_blocks: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ SHAPES = {
     "gqa4-lq7-257-blocks-r4": (8, 2, 7, 260, 257, 4, 32, 23),
     "d96-single-block": (4, 4, 1, 5, 1, 2, 96, 4),
     "mqa-g16-lq3": (16, 1, 3, 20, 17, 2, 16, 4),  # one query per group row tile under the interpreter
+    "bounds-d256-r1": (8, 2, 1, 40, 33, 1, 256, 6),  # key bounds of a head dim of 128: [max | min], R = 1
 }
 
 
