@@ -48,13 +48,13 @@ def measure(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from infllm_cli.config import preset
+    from infllm_cli.config import preset, with_selection
     from infllm_cli.models import load_model
     from infllm_cli.runner import Runner
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     loaded = load_model(args.model_dir, device=args.device, dtype=args.dtype)
-    memory = preset(args.preset)
+    memory = with_selection(preset(args.preset), args.selection)
     runner = Runner(loaded, memory, attention=args.attention, backend=args.backend)
     ids = torch.randint(3, 4096, (args.length,), generator=torch.Generator().manual_seed(0)).tolist()
     cuda = loaded.device.type == "cuda"
@@ -70,7 +70,8 @@ def measure(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"attention": args.attention, "tokens": args.length, "seconds": seconds,
+    label = f"infllm-{args.selection}" if args.attention == "infllm" else args.attention
+    return {"attention": label, "tokens": args.length, "seconds": seconds,
             "tokens_per_second": args.length / seconds, "peak_above_model_bytes": max(0, peak - base),
             "blocks": runner.blocks}
 
@@ -88,6 +89,9 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--kv-heads", type=int, default=4)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--selections", nargs="+", default=["default"], choices=["paper", "default"],
+                   help="block selections to measure for infllm (each its own row; 'vs paper' compares them)")
+    p.add_argument("--selection", default="default", help=argparse.SUPPRESS)
     p.add_argument("--dense-max-tokens", type=int, default=None,
                    help="skip dense above this length (it would not fit or take hours); reported as skipped")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines too")
@@ -103,14 +107,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_model(tmp, args.hidden, args.layers, args.heads, args.kv_heads)
         rows = []
-        for attention in args.attention:
+        runs = [(a, sel) for a in args.attention for sel in (args.selections if a == "infllm" else ["paper"])]
+        for attention, selection in runs:
             for length in args.lengths:
                 if attention == "dense" and args.dense_max_tokens and length > args.dense_max_tokens:
                     rows.append({"attention": attention, "tokens": length, "skipped": True})
                     continue
                 cmd = [sys.executable, __file__, "--child", "--model-dir", tmp, "--length", str(length),
                        "--attention", attention, "--preset", args.preset, "--device", args.device,
-                       "--dtype", args.dtype, "--backend", args.backend, "--threads", str(args.threads)]
+                       "--dtype", args.dtype, "--backend", args.backend, "--threads", str(args.threads),
+                       "--selection", selection]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
                     sys.stderr.write(out.stderr)
@@ -121,15 +127,17 @@ def main() -> None:
     base = {r["attention"]: r["tokens_per_second"] for r in rows if r["tokens"] == min(args.lengths) and not r.get("skipped")}
     print(f"model: Llama hidden {args.hidden}, {args.layers} layers, {args.heads} heads / {args.kv_heads} KV heads; "
           f"device {args.device}; infllm preset {args.preset!r}")
-    print(f"| attention | tokens | seconds | tokens/s | vs own {min(args.lengths)} | peak memory above model | blocks |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    paper = {r["tokens"]: r["seconds"] for r in rows if r["attention"] == "infllm-paper" and not r.get("skipped")}
+    print(f"| attention | tokens | seconds | tokens/s | vs own {min(args.lengths)} | time vs infllm-paper | peak memory above model | blocks |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if r.get("skipped"):
-            print(f"| {r['attention']} | {r['tokens']:,} | skipped (over --dense-max-tokens) | | | | |")
+            print(f"| {r['attention']} | {r['tokens']:,} | skipped (over --dense-max-tokens) | | | | | |")
             continue
         ratio = r["tokens_per_second"] / base[r["attention"]]
+        vs_paper = f"{r['seconds'] / paper[r['tokens']]:.2f}" if r["tokens"] in paper and r["attention"].startswith("infllm") else ""
         print(f"| {r['attention']} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_second']:,.0f} | "
-              f"{ratio:.2f} | {r['peak_above_model_bytes'] / 2**20:,.0f} MiB | {r['blocks']} |")
+              f"{ratio:.2f} | {vs_paper} | {r['peak_above_model_bytes'] / 2**20:,.0f} MiB | {r['blocks']} |")
     if args.json:
         for r in rows:
             print(json.dumps(r))

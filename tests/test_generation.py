@@ -55,7 +55,8 @@ def test_stops_at_eos_and_token_limit(tiny_llama_dir):
     assert runner.stats.generated_tokens <= 7
     runner.restore(snap)
     # make the greedy choice an end-of-sequence token: generation yields nothing
-    greedy = sample_next(runner.forward([5, 6]), GenerationConfig())
+    runner.read_question([5, 6])  # the prompt is read as generate() reads it
+    greedy = sample_next(runner.last_logits, GenerationConfig())
     runner.restore(snap)
     assert "".join(runner.generate([5, 6], GenerationConfig(max_new_tokens=7, stop_token_ids=(greedy,)))) == ""
     runner.restore(snap)

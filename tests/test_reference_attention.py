@@ -80,16 +80,31 @@ def test_reference_equals_naive(case, device):
     assert out.dtype == args[0].dtype and lse.dtype == torch.float32
 
 
-def test_block_scores_sum_over_heads_and_representatives():
+def test_block_scores_best_representative_summed_over_heads():
+    """score[b] = sum over heads of the best representative's dot product (best query of the chunk), written
+    out; per KV head: the same sum over the heads of each group; the paper's score is this with one query
+    (the chunk mean) and one representative (the sum of the block's representatives)."""
     g = torch.Generator().manual_seed(1)
-    q = torch.randn(6, 8, generator=g)  # 6 query heads over 3 KV heads
+    q = torch.randn(6, 8, generator=g)  # 6 query heads over 3 KV heads, one query
     reps = torch.randn(10, 3, 2, 8, generator=g)
-    want = torch.zeros(10, dtype=torch.float64)
+    want = torch.zeros(3, 10, dtype=torch.float64)
     for b in range(10):
         for head in range(6):
-            for r in range(2):
-                want[b] += float(q[head].double() @ reps[b, head // 2, r].double())
-    torch.testing.assert_close(block_scores_ref(q, reps, 10).double(), want, atol=1e-5, rtol=1e-5)
-    assert topk_blocks_ref(q, reps, 10, 3).tolist() == sorted(torch.topk(want, 3).indices.tolist())
-    assert topk_blocks_ref(q, reps, 2, 5).tolist() == [0, 1]  # fewer blocks than k
+            want[head // 2, b] += max(float(q[head].double() @ reps[b, head // 2, r].double()) for r in range(2))
+    torch.testing.assert_close(block_scores_ref(q, reps, 10, per_kv_head=True).double(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block_scores_ref(q, reps, 10).double()[0], want.sum(0), atol=1e-5, rtol=1e-5)
+    assert topk_blocks_ref(q, reps, 10, 3).tolist() == [sorted(torch.topk(want.sum(0), 3).indices.tolist())]
+    assert topk_blocks_ref(q, reps, 10, 3, per_kv_head=True).tolist() == [
+        sorted(torch.topk(want[kv], 3).indices.tolist()) for kv in range(3)]
+    assert topk_blocks_ref(q, reps, 2, 5).tolist() == [[0, 1]]  # fewer blocks than k
     assert topk_blocks_ref(q, reps, 0, 5).numel() == 0
+    # several queries: each KV head counts its best query
+    q2 = torch.randn(6, 4, 8, generator=g)
+    per_query = torch.stack([block_scores_ref(q2[:, i], reps, 10, per_kv_head=True) for i in range(4)])
+    torch.testing.assert_close(block_scores_ref(q2, reps, 10, per_kv_head=True), per_query.amax(0))
+    torch.testing.assert_close(block_scores_ref(q2, reps, 10)[0], per_query.amax(0).sum(0))
+    # the paper: the mean query against the summed representatives is the sum over representatives
+    paper = block_scores_ref(q2.mean(1), reps.sum(2, keepdim=True), 10)[0].double()
+    summed = sum(float(q2.mean(1)[h].double() @ reps[:, h // 2, r].double().T[:, b]) for h in range(6) for r in range(2)
+                 for b in [0])
+    assert abs(float(paper[0]) - summed) < 1e-4

@@ -58,7 +58,7 @@ def test_max_scores_find_a_block_that_one_query_and_one_key_match():
     store = store_with(reps)
     base = MemoryConfig(n_local=16, block_size=8, topk=2, repr_topk=4, exc_block_size=8, chunk_size=8)
     paper = BlockSelector(with_selection(base, "paper"), TORCH, 2).select(q, store)
-    best = BlockSelector(base.replace(neighbors=0, block_score="repr_max"), TORCH, 2).select(q, store)
+    best = BlockSelector(base.replace(block_score="repr_max", query_score="max"), TORCH, 2).select(q, store)
     assert 17 not in paper.flatten().tolist()
     assert 17 in best[1].tolist() and 17 not in best[0].tolist()
 
