@@ -116,12 +116,6 @@ class MemoryConfig:
         return self.n_init + self.n_local + self.block_size + self.exc_block_size - 1
 
     @property
-    def max_blocks_read(self) -> int:
-        """Most memory blocks one query chunk reads per KV head: its top-k with their neighbours, plus the
-        question's blocks with theirs."""
-        return (self.topk + self.question_topk) * (1 + 2 * self.neighbors)
-
-    @property
     def selection(self) -> dict[str, Any]:
         """The block-selection knobs."""
         return {name: getattr(self, name) for name in SELECTIONS["paper"]}

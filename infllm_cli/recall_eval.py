@@ -103,12 +103,10 @@ def answer_scores(runner: Runner, sample: RecallSample, oracle: bool, probe: Sel
     if probe is not None and memory is not None:
         probe.attach(memory)
     try:
+        forced = None
         if oracle and memory is not None:
-            memory.align_chunks()
-            memory.pin_blocks(sorted({b for s, e in sample.needle for b in memory.blocks_of(s, e)}))
-            runner.feed(sample.prompt)
-        else:
-            runner.read_question(sample.prompt)
+            forced = sorted({b for s, e in sample.needle for b in memory.blocks_of(s, e)})
+        runner.read_question(sample.prompt, forced)
         logits = [runner.last_logits]
         for tok in sample.answer[:-1]:
             logits.append(runner.decode_one_token(tok))

@@ -178,18 +178,21 @@ class Runner:
         self._update_stats()
         return fed
 
-    def read_question(self, prompt_tokens: Sequence[int]) -> None:
+    def read_question(self, prompt_tokens: Sequence[int], pinned_blocks: Sequence[int] | None = None) -> None:
         """Feed a question (or any prompt the answer follows).
 
         With the context memory, the prompt starts a query chunk of its own, and when ``question_topk`` > 0
         it is read twice: first to rank the memory blocks by its queries (the state is then restored), then
         again with the best blocks pinned, so that the prompt's tokens and every answer token read them
-        beside their own retrieval. The pins last until the next :meth:`restore` / :meth:`reset`.
+        beside their own retrieval. ``pinned_blocks`` pins those blocks instead of ranking (an oracle).
+        The pins last until the next :meth:`restore` / :meth:`reset`.
         """
         cache = self.cache
         if isinstance(cache, ContextMemory) and prompt_tokens:
             cache.align_chunks()
-            if self.config.question_topk > 0 and cache.n_blocks > 0:
+            if pinned_blocks is not None:
+                cache.pin_blocks(list(pinned_blocks))
+            elif self.config.question_topk > 0 and cache.n_blocks > 0:
                 before = self.snapshot()
                 with cache.ranking_question():
                     for chunk in self.chunks(prompt_tokens):

@@ -117,7 +117,8 @@ def test_offloaded_store_matches_device_store(selection):
     b = feed_random(offloaded, 200, seed=4)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     # the device cache grows only when one chunk's selection (all KV heads together) needs more slots
-    assert len(offloaded.store._slot_of) <= max(3, 2 * config.max_blocks_read)
+    per_head = (config.topk + config.question_topk) * (1 + 2 * config.neighbors)  # top-k, pins, neighbours
+    assert len(offloaded.store._slot_of) <= max(3, 2 * per_head)
     if selection == "paper":
         assert len(offloaded.store._slot_of) <= 3
 
@@ -130,3 +131,14 @@ def test_block_store_grows_and_truncates():
     assert float(store.keys[17, 0, 0, 0]) == 17.0  # growth kept the data
     store.truncate(10)
     assert store.n_blocks == 10
+
+
+def test_blocks_of_matches_the_block_spans():
+    config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5, chunk_size=5)
+    rope = RotaryTable(IdentityRotary(), config.max_window + 1, torch.device("cpu"))
+    memory = ContextMemory(config, 1, 2, 16, rope, TORCH, torch.device("cpu"), torch.float32)
+    feed_random(memory.memories[0], 120, seed=1)
+    spans = memory.block_spans()
+    assert len(spans) > 5
+    for start, end in [(0, 1), (0, 3), (2, 4), (3, 11), (10, 12), (11, 12), (17, 40), (0, 1000), (90, 95), (500, 600)]:
+        assert memory.blocks_of(start, end) == [b for b, (s, e) in enumerate(spans) if s < end and start < e], (start, end)

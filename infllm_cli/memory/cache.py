@@ -137,8 +137,9 @@ class ContextMemory(Cache):
 
     @contextlib.contextmanager
     def ranking_question(self) -> Iterator[None]:
-        """Rank the blocks by the queries of the tokens read inside the block (per layer and KV head, best
-        question token); on exit, pin each layer's ``question_topk`` best blocks (question-aware retrieval).
+        """Rank the blocks by the queries of the tokens read inside the block (per layer and KV head, by the
+        attention mass the question would give them); on exit, keep each layer's ``question_topk`` best blocks
+        for :meth:`pin_question_blocks` (question-aware retrieval).
 
         The caller usually reads the question a second time after restoring a snapshot taken before it, so
         that the question's own tokens, and the first answer token, already see the pinned blocks:
@@ -171,7 +172,10 @@ class ContextMemory(Cache):
 
     def blocks_of(self, start: int, end: int) -> list[int]:
         """Stored blocks that hold any token of the stream range ``[start, end)``."""
-        return [b for b, (s, e) in enumerate(self.block_spans()) if s < end and start < e]
+        store = self.memories[0].store
+        first = max(0, (start - store.first_token) // store.block_size)
+        last = min(store.n_blocks, -(-(end - store.first_token) // store.block_size))
+        return list(range(first, last)) if end > store.first_token else []
 
     # persistence: everything, blocks included -----------------------------------------------------------
 
