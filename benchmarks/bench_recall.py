@@ -41,6 +41,7 @@ KNOBS = {
     "query-max": ("query_score", "mean", "max"),
     "question": ("question_topk", 0, 4),
     "neighbors": ("neighbors", 0, 1),
+    "rescore": ("rescore", 0, 32),
 }
 
 

@@ -36,6 +36,9 @@ the best combination the recall benchmark found (named ``default``):
                        spreads a softmax over the blocks' scores; the ``question_topk`` blocks with the most
                        mass (per KV head) are kept for the question and the whole answer, beside each
                        token's own retrieval
+``rescore``            re-rank exactly: the ``rescore`` best blocks by ``block_score`` are scored again
+                       with every key they hold (best ``q . k``; for the question, the log-sum-exp of its
+                       keys' scores) and the ``topk`` (``question_topk``) best of those are read; 0: off
 =====================  ==================================================================================
 """
 
@@ -73,6 +76,7 @@ class MemoryConfig:
     query_score: str = "mean"
     neighbors: int = 0
     question_topk: int = 4
+    rescore: int = 0
 
     def __post_init__(self) -> None:
         positive = ("n_local", "block_size", "exc_block_size", "chunk_size")
@@ -80,7 +84,7 @@ class MemoryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("n_init", "topk", "repr_topk", "max_cached_block", "neighbors", "question_topk"):
+        for name in ("n_init", "topk", "repr_topk", "max_cached_block", "neighbors", "question_topk", "rescore"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
@@ -136,9 +140,9 @@ class MemoryConfig:
 SELECTIONS: dict[str, dict[str, Any]] = {
     # Xiao et al.: the chunk's mean query against the sum of each block's representative keys, one ranking
     # summed over all heads, no neighbours, no question-aware blocks.
-    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0},
+    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "rescore": 0},
     # the best combination on the recall benchmark (docs/retrieval.md)
-    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4},
+    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "rescore": 0},
 }
 
 

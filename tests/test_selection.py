@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from infllm_cli.config import SELECTIONS, ConfigError, MemoryConfig, with_selection
-from infllm_cli.memory.selection import BlockSelector, widen_and_dedupe
+from infllm_cli.memory.selection import BlockSelector, block_keys, exact_mass, exact_scores, widen_and_dedupe
 from infllm_kernels.backend import TORCH
 from tests.test_memory import make_layer
 
@@ -87,6 +87,65 @@ def test_bounds_cannot_miss_a_key_that_was_never_a_representative():
     assert torch.all(s >= per_head - 1e-4)
 
 
+def keyed_store(keys: torch.Tensor):
+    """A store holding ``keys`` [n, Hkv, bs, D] (values zero, representatives the first key)."""
+    n, n_kv, bs, d = keys.shape
+    layer = make_layer(MemoryConfig(n_init=0, n_local=16, block_size=bs, topk=1, repr_topk=1, exc_block_size=8,
+                                    chunk_size=8), n_kv=n_kv, d=d)
+    layer.store.append(keys, torch.zeros_like(keys), keys[:, :, :1])
+    return layer.store
+
+
+def test_exact_scores_are_the_representative_score_over_every_key():
+    """Re-scoring a candidate with all its keys is the representative-key score with every key a representative."""
+    from infllm_kernels.reference import block_scores_ref
+
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(13, 2, 8, 16, generator=g)
+    q = torch.randn(6, 5, 16, generator=g)  # 3 query heads per KV head
+    store = keyed_store(keys)
+    cand = torch.tensor([[0, 4, 12], [7, 4, 1]])
+    got = exact_scores(q, block_keys(store, cand))
+    full = block_scores_ref(q, keys, 13, per_kv_head=True)  # [Hkv, n]: every key is a representative
+    torch.testing.assert_close(got, torch.gather(full, 1, cand), rtol=1e-5, atol=1e-5)
+
+
+def test_exact_mass_is_the_dense_attention_probability_summed_per_block():
+    g = torch.Generator().manual_seed(4)
+    keys = torch.randn(5, 1, 4, 8, generator=g)
+    q = torch.randn(1, 2, 3, 8, generator=g)  # [Hkv, G, Lq, D]
+    got = exact_mass(q, keys.transpose(0, 1), scale=0.7)  # all 5 blocks are candidates
+    p = torch.softmax(torch.einsum("gld,nd->gln", q[0], keys[:, 0].reshape(20, 8)) * 0.7, dim=-1)  # dense
+    want = p.view(2, 3, 5, 4).sum(dim=(0, 1, 3))
+    torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_rescore_finds_the_block_whose_single_key_matches_where_bounds_add_up_two_keys():
+    """Bounds take each channel's maximum over different keys, so a block with one key on channel 0 and
+    another on channel 1 bounds a (1, 1) query at 2 although no key scores above 1; the block with one
+    (0.9, 0.9) key really scores 1.8. Re-scoring the bounds' candidates with every key picks the latter."""
+    d = 4
+    keys = torch.zeros(6, 1, 2, d)
+    keys[2, 0, 0, 0] = 1.0
+    keys[2, 0, 1, 1] = 1.0  # bounds (1, 1): scores 2, best key 1
+    keys[4, 0, 0, :2] = 0.9  # one key (0.9, 0.9): bounds 1.8, best key 1.8
+    store = keyed_store(keys)
+    q = torch.zeros(1, 1, d)
+    q[0, 0, :2] = 1.0
+    base = MemoryConfig(n_local=16, block_size=2, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8, question_topk=1)
+    assert BlockSelector(base, TORCH, 1).select(q, store).tolist() == [[2]]
+    assert BlockSelector(base.replace(rescore=3), TORCH, 1).select(q, store).tolist() == [[4]]
+    shared = BlockSelector(base.replace(rescore=3, per_kv_head=False), TORCH, 1)
+    assert shared.select(q, store).tolist() == [[4]]
+    # the question's mass follows the real attention too
+    plain = BlockSelector(base, TORCH, 1)
+    assert plain.question_blocks(plain.question_mass(q, store, 4.0)).tolist() == [[2]]
+    exact = BlockSelector(base.replace(rescore=3), TORCH, 1)
+    mass = exact.question_mass(q, store, 4.0)
+    assert exact.question_blocks(mass).tolist() == [[4]]
+    assert int((mass > 0).sum()) == 3  # only the candidates carry mass
+
+
 def test_question_mass_favours_the_block_many_question_tokens_point_to():
     """One block matches every question token moderately, another matches one token strongly: the summed
     softmax mass prefers the first, the best-single-token score the second."""
@@ -137,6 +196,8 @@ def test_selection_knobs_are_validated():
         MemoryConfig(query_score="sum")
     with pytest.raises(ConfigError, match="neighbors"):
         MemoryConfig(neighbors=-1)
+    with pytest.raises(ConfigError, match="rescore"):
+        MemoryConfig(rescore=-2)
     with pytest.raises(ConfigError, match="unknown selection"):
         with_selection(MemoryConfig(), "best")
     assert with_selection(MemoryConfig(), "paper").selection == SELECTIONS["paper"]

@@ -64,6 +64,7 @@ class Options:
     query_score: Optional[str] = None
     neighbors: Optional[int] = None
     question_topk: Optional[int] = None
+    rescore: Optional[int] = None
     # generation
     max_new_tokens: int = 512
     temperature: float = 0.0
@@ -97,6 +98,7 @@ class Options:
             query_score=self.query_score,
             neighbors=self.neighbors,
             question_topk=self.question_topk,
+            rescore=self.rescore,
             n_init=self.n_init,
             n_local=self.n_local,
             block_size=self.block_size,
@@ -155,6 +157,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("query_score", Optional[str], typer.Option("--query-score", metavar="MODE", help="Blocks ranked by the chunk's best query (max) or its mean query (mean).", callback=_choice("query_score", QUERY_MODES), rich_help_panel=P_MEMORY, show_default=False)),
         ("neighbors", Optional[int], typer.Option("--neighbors", metavar="N", help="Also read N blocks on each side of every retrieved block.", min=0, max=8, rich_help_panel=P_MEMORY, show_default=False)),
         ("question_topk", Optional[int], typer.Option("--question-topk", metavar="N", help="Blocks per KV head ranked by the whole question and kept for the answer (0: off).", min=0, max=1024, rich_help_panel=P_MEMORY, show_default=False)),
+        ("rescore", Optional[int], typer.Option("--rescore", metavar="M", help="Re-rank the M best blocks per KV head with every key they hold (0: off).", min=0, max=4096, rich_help_panel=P_MEMORY, show_default=False)),
     ],
     "generation": [
         ("max_new_tokens", int, typer.Option("--max-new-tokens", metavar="N", help="Most tokens to generate per answer.", min=0, rich_help_panel=P_GEN)),

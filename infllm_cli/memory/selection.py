@@ -68,10 +68,23 @@ class BlockSelector:
         idx = self.backend.topk_blocks(q, self.representatives(store), n, k, per_kv_head)
         return idx.to(q.device).expand(self.n_kv, -1)
 
+    def rerank(self, q_mem: torch.Tensor, store: BlockStore, candidates: torch.Tensor, k: int) -> torch.Tensor:
+        """The ``k`` best of ``candidates`` [Hkv, M] by :func:`exact_scores`, [Hkv, k] ascending."""
+        q = q_mem.mean(dim=1, keepdim=True) if self.config.query_score == "mean" else q_mem
+        scores = exact_scores(q, block_keys(store, candidates))
+        if not self.config.per_kv_head:  # one ranking for all heads: the candidates are the same in every row
+            scores = scores.sum(dim=0, keepdim=True).expand_as(scores)
+        best = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
+        return torch.gather(candidates, 1, best).sort(dim=1).values
+
     def select(self, q_mem: torch.Tensor, store: BlockStore, pinned: torch.Tensor | None = None) -> torch.Tensor:
         """Blocks the chunk reads, [Hkv, K] int64 with -1 for empty slots (see module docstring)."""
         cfg = self.config
-        idx = self.rank(self.queries(q_mem), store, cfg.topk, cfg.per_kv_head)
+        if cfg.rescore > cfg.topk and store.n_blocks > cfg.topk:
+            candidates = self.rank(self.queries(q_mem), store, cfg.rescore, cfg.per_kv_head)
+            idx = self.rerank(q_mem, store, candidates, cfg.topk)
+        else:
+            idx = self.rank(self.queries(q_mem), store, cfg.topk, cfg.per_kv_head)
         if pinned is not None and pinned.numel():
             idx = torch.cat([idx, pinned.to(idx.device)], dim=1)
         return widen_and_dedupe(idx, cfg.neighbors, store.n_blocks)
@@ -86,7 +99,11 @@ class BlockSelector:
         """[Hkv, n] how much of the question's attention each block would draw: for every question token and
         query head, a softmax (at the attention's ``scale``) over the blocks' scores, summed over the tokens
         and the heads of each KV group. Blocks that many question tokens point to win, not the block one
-        token happens to match best."""
+        token happens to match best.
+
+        With ``rescore = M``, the ``M`` blocks per KV head with the most of that mass are weighed again with
+        every key they hold: each block's score becomes the log-sum-exp of its keys' scaled scores, the
+        share of attention the block would really draw (:func:`exact_mass`); the others keep no mass."""
         h, n_q, _ = q_mem.shape
         g = h // self.n_kv
         q = (bound_queries(q_mem) if self.config.block_score == "bounds" else q_mem).view(self.n_kv, g, n_q, -1)
@@ -96,7 +113,47 @@ class BlockSelector:
             for i in range(n_q):
                 s = self.backend.block_scores(q[:, j, i : i + 1].contiguous(), reps, store.n_blocks, True)
                 mass += torch.softmax(s.to(mass.device).float() * scale, dim=1)
-        return mass
+        m = self.config.rescore
+        if m <= 0:
+            return mass
+        candidates = torch.topk(mass, min(m, store.n_blocks), dim=1).indices
+        exact = exact_mass(q_mem.view(self.n_kv, g, n_q, -1), block_keys(store, candidates), scale)
+        return torch.zeros_like(mass).scatter_(1, candidates, exact.to(mass.device))
+
+
+def block_keys(store: BlockStore, blocks: torch.Tensor) -> torch.Tensor:
+    """Every key of the blocks ``blocks`` [Hkv, M] (each row indexes its own KV head), [Hkv, M, bs, D] on the
+    compute device."""
+    heads = torch.arange(blocks.shape[0], device=store.keys.device)[:, None]
+    return store.keys[blocks.to(store.keys.device), heads].to(store.device)
+
+
+def exact_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Block scores from all the keys of candidate blocks.
+
+    Parameters
+    ----------
+    q : [H, Lq, D] memory queries
+    keys : [Hkv, M, bs, D] the keys of ``M`` candidate blocks per KV head
+
+    Returns
+    -------
+    [Hkv, M] float32: ``max_i sum_{h in group} max_t q[h, i] . keys[., m, t]``, the same reduction as the
+    representative-key score, over every key of the block.
+    """
+    n_kv, m, bs, d = keys.shape
+    qg = q.float().reshape(n_kv, -1, q.shape[1], d)  # [Hkv, G, Lq, D]
+    s = torch.einsum("kgld,kmtd->kglmt", qg, keys.float()).amax(dim=-1)  # [Hkv, G, Lq, M]
+    return s.sum(dim=1).amax(dim=1)
+
+
+def exact_mass(q: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """[Hkv, M] attention mass the candidate blocks draw from the question: for every question token and
+    head a softmax over the blocks of ``logsumexp_t(scale * q . k_t)``, summed over tokens and group heads.
+
+    ``q`` is [Hkv, G, Lq, D] and ``keys`` [Hkv, M, bs, D]."""
+    s = torch.einsum("kgld,kmtd->kglmt", q.float(), keys.float()) * scale
+    return torch.softmax(torch.logsumexp(s, dim=-1), dim=-1).sum(dim=(1, 2))
 
 
 def bound_queries(q: torch.Tensor) -> torch.Tensor:
