@@ -7,6 +7,7 @@ one line with their exit code like every other command (:mod:`.runtime`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from ..errors import InputError
 from .options import Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
 
+log = logging.getLogger("infllm.cli")
+
 eval_app = typer.Typer(help="Measure how well the model reads long inputs.", no_args_is_help=True)
 
 
@@ -26,16 +29,36 @@ def _group() -> None:
     """Measure how well the model reads long inputs."""
 
 
-def text_token_ids(source: str, tokenizer: Any, opts: Options) -> Iterator[int]:
-    """Token ids of a source, streamed piece by piece, tokenized as the tokenizer does by default
-    (special tokens such as BOS added once at the start; special-token strings in the text honoured)."""
-    from ..sources import open_source
-    from ..tokens import pieces
+class TextTokenIds:
+    """Token ids of a source, streamed piece by piece, tokenized as the tokenizer does by default: special
+    tokens such as BOS added once at the start, special-token strings in the text (e.g. a literal ``<s>``)
+    read as those special tokens, so that scores match the model's published ones.
 
-    first = True
-    for piece in pieces(open_source(source, password=opts.password, max_bytes=opts.max_bytes)):
-        yield from tokenizer(piece.text, add_special_tokens=first)["input_ids"]
-        first = False
+    ``ask`` and ``count`` differ on purpose: a document's text must not inject control tokens, so they read
+    special-token strings as plain text. ``special_strings`` counts how many such strings were honoured here
+    (the two token counts differ exactly when it is non-zero, besides the BOS token)."""
+
+    def __init__(self, source: str, tokenizer: Any, opts: Options) -> None:
+        self.source, self.tokenizer, self.opts = source, tokenizer, opts
+        self.special_strings = 0
+        self.example: str | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        from ..sources import open_source
+        from ..tokens import pieces
+
+        specials = [t for t in getattr(self.tokenizer, "all_special_tokens", []) if t]
+        first = True
+        for piece in pieces(open_source(self.source, password=self.opts.password, max_bytes=self.opts.max_bytes)):
+            found = {t: piece.text.count(t) for t in specials}
+            self.special_strings += sum(found.values())
+            self.example = self.example or next((t for t, n in found.items() if n), None)
+            yield from self.tokenizer(piece.text, add_special_tokens=first)["input_ids"]
+            first = False
+
+    def describe(self) -> str:
+        return ("model tokenizer's default: special tokens added, "
+                f"{self.special_strings} special-token strings in the text read as special tokens")
 
 
 def json_token_ids(source: str) -> list[int]:
@@ -81,14 +104,20 @@ def perplexity_cmd(
         quiet_library_progress()
         with reporter.status(f"loading {model_name}"):
             loaded = load_model(model_name, device=opts.device, dtype=opts.dtype)
+        text_ids = None
         if ids is None:
-            ids = text_token_ids(source, loaded.tokenizer, opts)
+            ids = text_ids = TextTokenIds(source, loaded.tokenizer, opts)
         with reporter.task(f"scoring {source}", total=max_tokens) as update:
             result = perplexity(loaded, ids, memory, attention=opts.attention, backend=opts.backend,
                                 max_tokens=max_tokens, on_progress=update)
         if result.count == 0:
             raise InputError(f"{source}: fewer than two tokens, nothing to score")
         result.config["preset"] = preset_name
+        result.config["tokenization"] = "token ids given" if text_ids is None else text_ids.describe()
+        if text_ids is not None and text_ids.special_strings:
+            log.warning("%d special-token strings in the text (e.g. %r) were read as special tokens, as the "
+                        "tokenizer does by default; `ask` and `count` read them as plain text, so their token "
+                        "counts differ", text_ids.special_strings, text_ids.example)
         typer.echo(json.dumps(result.to_dict()) if opts.json else format_table(result))
 
 

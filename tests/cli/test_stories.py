@@ -42,3 +42,20 @@ def test_auto_preset_follows_the_trained_context(stories_dir: Path, stories_text
     data = json.loads(result.stdout)
     assert data["preset"] == "tiny"  # trained on 512 tokens
     assert data["token_basis"] == f"model tokenizer: {stories_dir}" and data["exact"]
+
+
+def test_count_and_perplexity_token_counts_are_explained(stories_dir: Path, tmp_path: Path) -> None:
+    """long_text.txt holds 22 literal ``<s>`` separators: ``count`` (like ``ask``) reads them as plain text,
+    ``eval perplexity`` as the tokenizer does by default (BOS tokens, matching the model card's 8,192 ids),
+    and says so on stderr and in its JSON."""
+    text = stories_dir / "long_text.txt"
+    count = CliRunner().invoke(app, ["count", str(text), "-m", str(stories_dir), "--json"])
+    assert count.exit_code == 0, count.stderr
+    ppl = CliRunner().invoke(app, ["eval", "perplexity", str(text), "-m", str(stories_dir), "--preset", "tiny",
+                                   "--attention", "streaming", "--max-tokens", "600", "--json"])
+    assert ppl.exit_code == 0, ppl.stderr
+    assert json.loads(count.stdout)["tokens"] == 8279
+    record = json.loads(ppl.stdout)
+    assert "22 special-token strings in the text read as special tokens" in record["config"]["tokenization"]
+    assert "22 special-token strings in the text (e.g. '<s>') were read as special tokens" in ppl.stderr
+    assert "`ask` and `count` read them as plain text" in ppl.stderr
