@@ -31,7 +31,8 @@ log = logging.getLogger("infllm.cli")
 EXIT_CODES_HELP = """\
 Exit codes: 0 success; 1 internal error (a bug: rerun with --debug for the traceback);
 2 usage error (bad option, argument or memory configuration); 3 input error (missing path, empty or
-binary input, no readable text, source over --max-tokens); 4 PDF error (encrypted without the right
+binary input, no readable text, source over --max-tokens, a read predicted not to fit in memory: see
+--memory-budget); 4 PDF error (encrypted without the right
 password, corrupt); 5 model error (unknown model, directory without weights, unsupported architecture);
 6 device/backend error; 130 interrupted (Ctrl-C).
 """
@@ -123,8 +124,12 @@ def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     the model's weights are loaded (so that bad input fails fast)."""
     from ..models import read_model_config, resolve_device, resolve_dtype
 
+    from ..budget import budget
+
     gen = opts.generation_config()
-    resolve_dtype(opts.dtype, resolve_device(opts.device))  # a device that cannot work fails here, not after reading
+    device = resolve_device(opts.device)
+    resolve_dtype(opts.dtype, device)  # a device that cannot work fails here, not after reading
+    available = budget(opts.memory_budget, device.type, str(device))  # a bad --memory-budget fails here too
     document = open_document(source, opts)
     choice = resolve_model(opts.model)
     log.debug("model %s (from %s)", choice.name, choice.origin)
@@ -136,6 +141,7 @@ def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     doc = read_with_progress(document, HFEncoder(tokenizer), opts, reporter)
     log.info("%s", doc.describe())
     check_fit(doc, memory, opts.attention, model_config)
+    memory = check_memory(doc.count, memory, opts, model_config, model_name, device, available)
     return Prepared(opts, reporter, doc, tokenizer, model_name, model_config, memory, preset_name, gen)
 
 
@@ -154,6 +160,23 @@ def check_fit(doc: DocumentTokens, memory: MemoryConfig, attention: str, model_c
             "the memory window (n_init + n_local + block + query chunk - 1 = %s tokens) exceeds the %s-token context "
             "the model was trained on; lower --n-local or use a smaller --preset", f"{memory.max_window:,}", f"{n_ctx:,}"
         )
+
+
+def check_memory(tokens: int, memory: MemoryConfig, opts: Options, model_config: Any, model_name: str,
+                 device: Any, available: Any) -> MemoryConfig:
+    """The pre-flight memory check, before the weights are loaded (see :mod:`infllm_cli.budget`): refuse a
+    read predicted not to fit (exit 3) unless --skip-memory-check; on CUDA, move a block store that does not
+    fit on the GPU to host memory. Returns the memory config to use."""
+    from ..budget import plan
+    from ..estimate import model_shape
+
+    path = Path(model_name).expanduser()
+    shape = model_shape(model_config, opts.dtype, str(device), path if path.is_dir() else None)
+    if opts.skip_memory_check:
+        log.info("memory check skipped (--skip-memory-check)")
+        return memory
+    memory, _ = plan(tokens, memory, opts.attention, shape, device.type, available, offload_given=opts.offload is not None)
+    return memory
 
 
 def load_runner(prep: Prepared) -> Any:
