@@ -6,8 +6,9 @@ plain "tokens so far / seconds so far" is too slow to react to the second and ig
 the last chunk alone jumps around.
 
 :class:`EtaEstimator` keeps an exponentially weighted linear fit of the seconds per token against the
-position in the stream: ``cost(x) = a + b x`` over the recent chunks (each chunk's weight decays by
-``decay`` with every newer one, so a change of speed shows within a few chunks), with ``b >= 0``. The time
+position in the stream: ``cost(x) = a + b x``, with ``b >= 0``: the slope ``b`` from a fit over many chunks (weights decaying by
+``slope_decay`` per chunk, so noise does not pass for growth), the level from the recent chunks only
+(weights decaying by ``decay``, so a change of speed shows within a few chunks). The time
 remaining is the integral of that cost from the tokens done to the total,
 ``a (T - d) + b (T^2 - d^2) / 2``: if the cost has been growing, the estimate says so instead of assuming
 the current speed holds to the end.
@@ -24,22 +25,27 @@ class EtaEstimator:
 
     Parameters
     ----------
-    decay : weight kept by the earlier samples at each new one (0.85: about the last 7 chunks matter)
+    decay : weight kept by the earlier samples at each new one, for the level (0.85: about the last 7 chunks)
+    slope_decay : the same for the slope (0.98: about the last 50 chunks)
     min_seconds : samples shorter than this are merged with the next (timer noise)
     clock : time source (tests pass a fake one)
     """
 
-    def __init__(self, decay: float = 0.85, min_seconds: float = 0.05, clock: Callable[[], float] = time.monotonic) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1), got {decay}")
+    def __init__(self, decay: float = 0.85, slope_decay: float = 0.98, min_seconds: float = 0.05,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not (0.0 < decay < 1.0 and 0.0 < slope_decay < 1.0):
+            raise ValueError(f"decays must be in (0, 1), got {decay}, {slope_decay}")
         self.decay = decay
+        self.slope_decay = slope_decay
         self.min_seconds = min_seconds
         self.clock = clock
         self._last_t: float | None = None
         self._last_n = 0
         self.done = 0
-        # weighted sums for the least-squares fit of seconds/token (y) on the position (x)
-        self._w = self._wx = self._wy = self._wxx = self._wxy = 0.0
+        # weighted sums of the recent samples (level) and for the least-squares fit of seconds/token (y) on
+        # the position (x) over many samples (slope)
+        self._s = [0.0, 0.0, 0.0]  # w, wx, wy
+        self._l = [0.0, 0.0, 0.0, 0.0, 0.0]  # w, wx, wy, wxx, wxy
 
     def start(self, done: int = 0) -> None:
         self._last_t = self.clock()
@@ -60,23 +66,21 @@ class EtaEstimator:
 
     def add_sample(self, position: float, seconds_per_token: float) -> None:
         """One measured cost (e.g. a chunk's) at its mid position."""
-        d = self.decay
-        self._w = self._w * d + 1.0
-        self._wx = self._wx * d + position
-        self._wy = self._wy * d + seconds_per_token
-        self._wxx = self._wxx * d + position * position
-        self._wxy = self._wxy * d + position * seconds_per_token
+        x, y = position, seconds_per_token
+        self._s = [v * self.decay + n for v, n in zip(self._s, (1.0, x, y))]
+        self._l = [v * self.slope_decay + n for v, n in zip(self._l, (1.0, x, y, x * x, x * y))]
 
     def cost_model(self) -> tuple[float, float] | None:
         """``(a, b)`` of ``seconds/token = a + b * position``, or None before the first sample."""
-        if self._w == 0.0:
+        w, wx, wy, wxx, wxy = self._l
+        if w == 0.0:
             return None
-        mx, my = self._wx / self._w, self._wy / self._w
-        var = self._wxx / self._w - mx * mx
-        slope = (self._wxy / self._w - mx * my) / var if var > 1e-9 * max(1.0, mx * mx) else 0.0
-        if slope <= 0.0:  # the cost does not shrink as the stream grows: a drop is a change of speed
-            return my, 0.0
-        return my - slope * mx, slope
+        mx, my = wx / w, wy / w
+        var = wxx / w - mx * mx
+        slope = (wxy / w - mx * my) / var if var > 1e-9 * max(1.0, mx * mx) else 0.0
+        slope = max(0.0, slope)  # the cost does not shrink as the stream grows: a drop is a change of speed
+        sw, swx, swy = self._s
+        return swy / sw - slope * swx / sw, slope
 
     def rate(self) -> float | None:
         """Tokens per second now (smoothed), or None before the first sample."""
