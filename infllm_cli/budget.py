@@ -75,7 +75,7 @@ def store_tokens(tokens: int, memory: MemoryConfig) -> int:
 
 def activation_bytes(memory: MemoryConfig, shape: ModelShape, attention: str, tokens: int) -> int:
     """One prefill chunk's activations and one query chunk's attention scores (float32 where computed so)."""
-    chunk = memory.chunk_size if attention != "dense" else min(memory.chunk_size, max(tokens, 1))
+    chunk = min(memory.chunk_size, max(tokens, memory.exc_block_size))  # a short document is one short chunk
     h, d, kv = shape.heads or 1, shape.head_dim, shape.kv_heads
     act = shape.dtype_bytes
     hidden = chunk * (4 * shape.hidden_size + 3 * shape.intermediate_size + 3 * (h + 2 * kv) * d) * act
@@ -83,10 +83,12 @@ def activation_bytes(memory: MemoryConfig, shape: ModelShape, attention: str, to
     if attention == "dense":
         scores = chunk * tokens * (4 + 1)  # additive float mask and the boolean one it comes from
         return hidden + logits + scores
-    exc = memory.exc_block_size
-    read = memory.n_init + memory.block_size * (memory.topk * (1 + 2 * memory.neighbors) + memory.question_topk)
-    keys = memory.max_window + read
-    scores = 3 * h * exc * keys * 4  # scores, probabilities, gathered memory keys/values in float32
+    exc = min(memory.exc_block_size, chunk)
+    keys = min(tokens, memory.max_window)  # the window
+    if attention == "infllm" and tokens > memory.n_init + memory.n_local:  # plus initial tokens and retrieved blocks
+        keys += memory.n_init + memory.block_size * (memory.topk * (1 + 2 * memory.neighbors) + memory.question_topk)
+    # scores and probabilities (in place) in float32, the gathered memory keys/values, the output
+    scores = int(1.2 * h * exc * keys * 4) + 2 * kv * keys * d * 4
     return hidden + logits + scores
 
 
