@@ -101,12 +101,19 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs"
 
 
+def save(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
 def measure(args: argparse.Namespace) -> dict:
+    """Every (attention, length) in its own process; ``OUT/scaling.json`` is rewritten after each."""
     load = os.getloadavg()[0]
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
             "threads": args.threads, "load_average_at_start": round(load, 2), "device": args.device,
             "preset": args.preset, "decode_tokens": args.decode_tokens}
-    rows = []
+    rows: list[dict] = []
+    result = {"meta": meta, "rows": rows}
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             model_dir = args.model
@@ -124,6 +131,7 @@ def measure(args: argparse.Namespace) -> dict:
                     if not ok or (args.dense_max_tokens and length > args.dense_max_tokens):
                         rows.append({"attention": attention, "tokens": length, "skipped": True, "predicted_peak_bytes": need})
                         print(f"  skipped  {attention:>9} {length:>9,} tokens (does not fit or over --dense-max-tokens)", file=sys.stderr)
+                        save(result, args.out)
                         continue
                 cmd = [sys.executable, __file__, "--child", "--model-dir", model_dir, "--length", str(length),
                        "--attention", attention, "--preset", args.preset, "--device", args.device, "--dtype", args.dtype,
@@ -135,11 +143,12 @@ def measure(args: argparse.Namespace) -> dict:
                     raise SystemExit(f"measurement failed: {attention} at {length} tokens")
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(row)
+                meta["load_average_at_end"] = round(os.getloadavg()[0], 2)
+                save(result, args.out)
                 print(f"  measured {attention:>9} {length:>9,} tokens: {row['tokens_per_second']:,.0f} tokens/s, "
                       f"decode {row['decode_ms_per_token']:.1f} ms/token, peak {row['peak_bytes'] / 2**20:,.0f} MiB "
                       f"(predicted {row['predicted_peak_bytes'] / 2**20:,.0f})", file=sys.stderr)
-    meta["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    return {"meta": meta, "rows": rows}
+    return result
 
 
 def plot(result: dict, out: Path) -> list[Path]:
@@ -222,8 +231,6 @@ def main() -> None:
         result = json.loads(args.from_json.read_text())
     else:
         result = measure(args)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "scaling.json").write_text(json.dumps(result, indent=1) + "\n")
     for path in plot(result, args.out):
         print(f"wrote {path}", file=sys.stderr)
 
