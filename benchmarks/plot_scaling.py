@@ -14,6 +14,9 @@ the numbers are only as good as the machine was quiet.
     python benchmarks/plot_scaling.py                                   # random Llama, 4K..256K, into docs/
     python benchmarks/plot_scaling.py --model ../shared/models/stories260k --lengths 4096 32768 262144 1048576
     python benchmarks/plot_scaling.py --from-json docs/scaling.json     # redraw without measuring
+    python benchmarks/plot_scaling.py --attention infllm --out /tmp/a && \
+    python benchmarks/plot_scaling.py --attention streaming dense --out /tmp/b && \
+    python benchmarks/plot_scaling.py --from-json /tmp/a/scaling.json /tmp/b/scaling.json   # in parts, merged
 """
 
 from __future__ import annotations
@@ -218,7 +221,9 @@ def main() -> None:
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--dense-max-tokens", type=int, default=None)
     p.add_argument("--out", type=Path, default=REPO / "docs")
-    p.add_argument("--from-json", type=Path, help="redraw the plots from an earlier scaling.json")
+    p.add_argument("--from-json", type=Path, nargs="+",
+                   help="redraw the plots from earlier scaling.json files (rows of several runs are merged; "
+                        "the first file's machine details head the figures); with --out, the merged result is saved there")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -228,7 +233,13 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     if args.from_json:
-        result = json.loads(args.from_json.read_text())
+        runs = [json.loads(path.read_text()) for path in args.from_json]
+        result = {"meta": runs[0]["meta"], "rows": [r for run in runs for r in run["rows"]]}
+        if len(runs) > 1:
+            loads = [run["meta"]["load_average_at_start"] for run in runs] + [run["meta"].get("load_average_at_end", 0) for run in runs]
+            result["meta"] = {**runs[0]["meta"], "load_average_at_start": min(loads), "load_average_at_end": max(loads),
+                              "runs": [run["meta"] for run in runs]}
+            save(result, args.out)
     else:
         result = measure(args)
     for path in plot(result, args.out):
