@@ -132,7 +132,9 @@ def measure(args: argparse.Namespace) -> dict:
                 if attention == "dense":
                     ok, need = dense_fits(model_dir, length, args)
                     if not ok or (args.dense_max_tokens and length > args.dense_max_tokens):
-                        rows.append({"attention": attention, "tokens": length, "skipped": True, "predicted_peak_bytes": need})
+                        reason = "predicted not to fit" if not ok else "over --dense-max-tokens"
+                        rows.append({"attention": attention, "tokens": length, "skipped": True, "reason": reason,
+                                     "predicted_peak_bytes": need})
                         print(f"  skipped  {attention:>9} {length:>9,} tokens (does not fit or over --dense-max-tokens)", file=sys.stderr)
                         save(result, args.out)
                         continue
@@ -183,13 +185,13 @@ def plot(result: dict, out: Path) -> list[Path]:
             if key == "peak_bytes":
                 ax.plot([r["tokens"] for r in pts], [r["predicted_peak_bytes"] * scale for r in pts], linestyle="--",
                         color=line.get_color(), label=f"{attention} (predicted)")
-            skipped = [r["tokens"] for r in rows if r["attention"] == attention and r.get("skipped")]
+            skipped = [r for r in rows if r["attention"] == attention and r.get("skipped")]
             if skipped:
-                ax.annotate(f"{attention}: does not fit from {min(skipped):,} tokens", xy=(0.02, 0.02),
-                            xycoords="axes fraction", fontsize=8)
+                first = min(skipped, key=lambda r: r["tokens"])
+                ax.annotate(f"{attention}: not measured from {first['tokens']:,} tokens ({first.get('reason', 'skipped')})",
+                            xy=(0.02, 0.02), xycoords="axes fraction", fontsize=8)
         ax.set_xscale("log", base=2)
-        if key == "peak_bytes":
-            ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("document tokens")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=11)
