@@ -197,7 +197,7 @@ def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, pe
     n_kv = repr_keys.shape[1]
     reps = repr_keys[:n_blocks].float()  # [n, Hkv, R, D]
     qg = q.float().to(reps.device).view(n_kv, h // n_kv, lq, d)
-    if reps.shape[2] == 1 and lq * n_kv <= 64:
+    if reps.shape[2] == 1 and lq == 1 and n_kv <= 8:  # the block-diagonal product wastes a factor Hkv
         s = _one_key_scores(qg, reps)
         return s if per_kv_head else s.sum(dim=0, keepdim=True)
     h_g = h // n_kv
@@ -217,8 +217,8 @@ def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, pe
 
 
 def _one_key_scores(qg: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
-    """:func:`block_scores_ref` for one representative row per block (``repr_sum``, ``bounds``) and few query
-    rows (a chunk's mean query, decoding): ``[Hkv, n]``.
+    """:func:`block_scores_ref` for one representative row per block (``repr_sum``, ``bounds``) and one query
+    row (a chunk's mean query, decoding) with at most 8 KV heads: ``[Hkv, n]``.
 
     With one key per block the group's score is the score of the group's summed query, and the store is
     read once, in its own layout, by one matrix product with a block-diagonal query matrix (a strided
