@@ -201,11 +201,23 @@ class ModelShape:
     dtype: str
     dtype_bytes: int
     max_position_embeddings: int | None
-    weights_bytes: int | None
+    weights_bytes: int | None  # size of the weight files on disk
+    heads: int = 0
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    vocab_size: int = 0
+    parameters: int | None = None  # from the safetensors headers, when readable
 
     @property
     def kv_bytes_per_token(self) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def loaded_weights_bytes(self) -> int | None:
+        """The weights in memory at ``dtype`` (parameter count x bytes), else their size on disk."""
+        if self.parameters:
+            return self.parameters * self.dtype_bytes
+        return self.weights_bytes
 
 
 def model_shape(config: Any, dtype: str = "auto", device: str = "auto", path: Path | None = None) -> ModelShape:
@@ -219,10 +231,11 @@ def model_shape(config: Any, dtype: str = "auto", device: str = "auto", path: Pa
     if dtype == "auto":
         on_cuda = device.startswith("cuda") or (device == "auto" and _cuda_available())
         dtype = "bfloat16" if on_cuda else "float32"
-    weights = None
+    weights = parameters = None
     if path is not None and path.is_dir():
         files = [*path.glob("*.safetensors")] or [*path.glob("*.bin")]
         weights = sum(f.stat().st_size for f in files) or None
+        parameters = safetensors_parameters(files)
     return ModelShape(
         layers=layers,
         kv_heads=kv_heads,
@@ -231,7 +244,36 @@ def model_shape(config: Any, dtype: str = "auto", device: str = "auto", path: Pa
         dtype_bytes=DTYPE_BYTES.get(dtype, 2),
         max_position_embeddings=getattr(text_config, "max_position_embeddings", None),
         weights_bytes=weights,
+        heads=heads,
+        hidden_size=int(getattr(text_config, "hidden_size", 0) or heads * head_dim),
+        intermediate_size=int(getattr(text_config, "intermediate_size", 0) or 0),
+        vocab_size=int(getattr(text_config, "vocab_size", 0) or 0),
+        parameters=parameters,
     )
+
+
+def safetensors_parameters(files: list[Path]) -> int | None:
+    """Total parameter count from the JSON headers of ``*.safetensors`` files (a few KB read each); None
+    when any file is not a readable safetensors file (other formats, damaged files)."""
+    import json
+    import struct
+
+    total = 0
+    for f in files:
+        if f.suffix != ".safetensors":
+            return None
+        try:
+            with open(f, "rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                if not 0 < size <= 100 * 2**20:
+                    return None
+                header = json.loads(fh.read(size))
+            for name, info in header.items():
+                if name != "__metadata__":
+                    total += math.prod(int(x) for x in info["shape"])
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
+            return None
+    return total or None
 
 
 def _cuda_available() -> bool:
@@ -271,10 +313,16 @@ def estimate_memory(tokens: int, memory: MemoryConfig, attention: str, shape: Mo
     if per is None:
         return MemoryEstimate(tokens, attention, blocks, window, None, None, None, None, memory.offload)
     window_bytes = window * per
-    store = blocks * memory.block_size * per
-    # representative keys: repr_topk keys per block (K only)
-    store += blocks * memory.repr_topk * per // 2
+    store = blocks * block_bytes(memory, shape)
     return MemoryEstimate(tokens, attention, blocks, window, per, window_bytes, store, window_bytes + store, memory.offload)
+
+
+def block_bytes(memory: MemoryConfig, shape: ModelShape) -> int:
+    """Bytes of one memory block over all layers: its keys and values, its representative keys, their sum,
+    and the per-channel key bounds (two keys' worth), as :class:`~infllm_cli.memory.block_store.BlockStore`
+    keeps them."""
+    per_key = shape.layers * shape.kv_heads * shape.head_dim * shape.dtype_bytes
+    return per_key * (2 * memory.block_size + memory.repr_topk + 1 + 2)
 
 
 def human_seconds(seconds: float) -> str:

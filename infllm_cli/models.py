@@ -109,6 +109,7 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", tok
     Raises :class:`ModelError` for an unknown model, a directory without weights or an unsupported
     architecture, and :class:`DeviceError` for a device or dtype that cannot be used.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
@@ -124,7 +125,7 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", tok
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, attn_implementation="sdpa")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a damaged weights file
         raise ModelError(f"cannot load model {name_or_path!r}: {one_line(exc)}") from None
     model.to(dev).eval()
     log.info("loaded %s (%s) on %s as %s", name_or_path, model.config.model_type, dev, dt)

@@ -1,14 +1,19 @@
 """Progress on stderr (rich), and the CLI's logging setup.
 
-Progress is drawn only when stderr is a terminal and ``--quiet`` is off; otherwise every call here is a
-no-op, so piping or redirecting never gets control sequences. Generation gets no live display when
-stdout is the same terminal (it would tear the streamed answer).
+Progress is drawn live only when stderr is a terminal and ``--quiet`` is off. When stderr is not a
+terminal (a log file, a pipe, a batch job) a plain line is printed every ``interval`` seconds instead
+(``--progress-interval``, ``$INFLLM_PROGRESS_INTERVAL``, default 10; 0 turns them off), without control
+sequences. ``--quiet`` prints neither. Generation gets no live display when stdout is the same terminal
+(it would tear the streamed answer). Times remaining come from :class:`~infllm_cli.eta.EtaEstimator`
+(a smoothed cost that accounts for its measured growth), not from the average rate so far.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TextIO
 
@@ -21,9 +26,14 @@ from rich.progress import (
     Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
+
+from .errors import UsageError
+from .eta import EtaEstimator, format_duration
+
+ENV_PROGRESS_INTERVAL = "INFLLM_PROGRESS_INTERVAL"
+DEFAULT_PROGRESS_INTERVAL = 10.0
 
 _HANDLER_MARK = "_infllm_cli_handler"
 
@@ -137,6 +147,71 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} {unit}/s", style="progress.data.speed")
 
 
+class _EtaColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        eta = task.fields.get("eta")
+        return Text(f"ETA {format_duration(eta)}", style="progress.remaining")
+
+
+def progress_interval(value: float | None = None) -> float:
+    """Seconds between plain progress lines: ``value``, else ``$INFLLM_PROGRESS_INTERVAL``, else 10."""
+    if value is not None:
+        return float(value)
+    env = os.environ.get(ENV_PROGRESS_INTERVAL, "").strip()
+    if not env:
+        return DEFAULT_PROGRESS_INTERVAL
+    try:
+        seconds = float(env)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise UsageError(f"{ENV_PROGRESS_INTERVAL} must be a number of seconds >= 0, got {env!r}")
+    return seconds
+
+
+class PlainProgress:
+    """A task's progress as a plain stderr line every ``interval`` seconds (stderr is not a terminal)."""
+
+    def __init__(self, stream: TextIO, description: str, total: int | None, unit: str, interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.description = description
+        self.total = total
+        self.unit = unit
+        self.interval = interval
+        self.clock = clock
+        self.started = clock()
+        self.next_at = self.started + interval
+        self.eta = EtaEstimator(clock=clock)
+        self.eta.start(0)
+
+    def update(self, completed: int = 0, info: str | None = None) -> None:
+        self.eta.update(completed)
+        now = self.clock()
+        if now < self.next_at:
+            return
+        self.next_at = now + self.interval
+        self.stream.write(self.line(completed, info, now) + "\n")
+        self.stream.flush()
+
+    def line(self, completed: int, info: str | None, now: float) -> str:
+        elapsed = now - self.started
+        parts = [f"{self.description}: {completed:,}"]
+        if self.total:
+            parts[0] += f"/{self.total:,} {self.unit} ({100 * completed / self.total:.1f}%)"
+        else:
+            parts[0] += f" {self.unit}"
+        if info:
+            parts.append(info)
+        rate = self.eta.rate()
+        if rate:
+            parts.append(f"{rate:,.0f} {self.unit}/s")
+        parts.append(f"elapsed {format_duration(elapsed)}")
+        if self.total:
+            parts.append(f"ETA {format_duration(self.eta.remaining(self.total))}")
+        return ", ".join(parts)
+
+
 class _CountColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "tokens")
@@ -149,24 +224,33 @@ class _CountColumn(ProgressColumn):
 class Reporter:
     """Live progress lines on stderr; a no-op unless ``enabled``."""
 
-    def __init__(self, console: Console, *, enabled: bool, stdout_is_terminal: bool | None = None) -> None:
+    def __init__(self, console: Console, *, enabled: bool, stdout_is_terminal: bool | None = None,
+                 interval: float | None = None) -> None:
         self.console = console
-        self.enabled = enabled and _isatty(console.file)
+        self.live = enabled and _isatty(console.file)
+        self.interval = progress_interval(interval) if enabled else 0.0
+        self.plain = enabled and not self.live and self.interval > 0
+        self.enabled = self.live
         self.stdout_is_terminal = _isatty(sys.stdout) if stdout_is_terminal is None else stdout_is_terminal
 
     @classmethod
-    def for_cli(cls, console: Console, *, quiet: bool) -> "Reporter":
-        return cls(console, enabled=not quiet)
+    def for_cli(cls, console: Console, *, quiet: bool, interval: float | None = None) -> "Reporter":
+        return cls(console, enabled=not quiet, interval=interval)
 
     @contextmanager
     def task(self, description: str, *, total: int | None = None, unit: str = "tokens") -> Iterator[Callable[..., None]]:
-        """A live line while the block runs; yields ``update(completed, info=None)``."""
+        """A live line while the block runs (plain lines every ``interval`` seconds when stderr is not a
+        terminal); yields ``update(completed, info=None)``."""
+        if self.plain:
+            plain = PlainProgress(self.console.file, description, total, unit, self.interval)
+            yield plain.update
+            return
         if not self.enabled:
             yield lambda completed=0, info=None: None
             return
         columns: list[ProgressColumn] = [SpinnerColumn(), TextColumn("{task.description}")]
         if total is not None:
-            columns += [BarColumn(), _CountColumn(), _RateColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+            columns += [BarColumn(), _CountColumn(), _RateColumn(), _EtaColumn()]
         else:
             columns += [_CountColumn(), _RateColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
         # never redirect stdout: the answer must reach the real stdout, not the progress console
@@ -174,13 +258,18 @@ class Reporter:
             *columns, console=self.console, transient=True, speed_estimate_period=10.0,
             redirect_stdout=False, redirect_stderr=False,
         )
-        task_id = progress.add_task(description, total=total, unit=unit, info="")
+        task_id = progress.add_task(description, total=total, unit=unit, info="", eta=None)
+        eta = EtaEstimator()
+        eta.start(0)
 
         def update(completed: int = 0, info: str | None = None) -> None:
-            if info is None:
-                progress.update(task_id, completed=completed)
-            else:
-                progress.update(task_id, completed=completed, info=info)
+            fields: dict[str, Any] = {}
+            if total is not None:
+                eta.update(completed)
+                fields["eta"] = eta.remaining(total)
+            if info is not None:
+                fields["info"] = info
+            progress.update(task_id, completed=completed, **fields)
 
         with progress:
             yield update

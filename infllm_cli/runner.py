@@ -120,6 +120,16 @@ class Runner:
         self.tokens_seen = snapshot["tokens_seen"]
         self.last_logits = snapshot["last_logits"]
 
+    def reserve(self, tokens: int) -> None:
+        """Size the block store once for a stream of ``tokens`` tokens in all (a document of known length):
+        no growth, no copies while reading it."""
+        if isinstance(self.cache, ContextMemory):
+            cfg = self.config
+            blocks = -(-max(0, tokens - cfg.n_init - cfg.n_local) // cfg.block_size)
+            for m in self.cache.memories:
+                if m.keep_blocks:
+                    m.store.reserve(blocks)
+
     @property
     def blocks(self) -> int:
         return self.cache.n_blocks if isinstance(self.cache, ContextMemory) else 0

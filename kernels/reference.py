@@ -197,6 +197,9 @@ def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, pe
     n_kv = repr_keys.shape[1]
     reps = repr_keys[:n_blocks].float()  # [n, Hkv, R, D]
     qg = q.float().to(reps.device).view(n_kv, h // n_kv, lq, d)
+    if reps.shape[2] == 1 and lq == 1 and n_kv <= 8:  # the block-diagonal product wastes a factor Hkv
+        s = _one_key_scores(qg, reps)
+        return s if per_kv_head else s.sum(dim=0, keepdim=True)
     h_g = h // n_kv
     step = max(1, (1 << 24) // max(1, h * lq))  # bound the [Hkv, G, Lq, n] intermediate to ~64 MB
     parts = []
@@ -211,6 +214,24 @@ def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, pe
         parts.append(s.sum(dim=1).amax(dim=1))  # heads of a group share the selection; best query of the chunk
     s = torch.cat(parts, dim=1) if parts else qg.new_zeros((n_kv, 0))  # [Hkv, n]
     return s if per_kv_head else s.sum(dim=0, keepdim=True)
+
+
+def _one_key_scores(qg: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
+    """:func:`block_scores_ref` for one representative row per block (``repr_sum``, ``bounds``) and one query
+    row (a chunk's mean query, decoding) with at most 8 KV heads: ``[Hkv, n]``.
+
+    With one key per block the group's score is the score of the group's summed query, and the store is
+    read once, in its own layout, by one matrix product with a block-diagonal query matrix (a strided
+    per-head product would copy the whole store first). The cost is then one pass over the representatives:
+    the part of a chunk's cost that grows with the document.
+    """
+    n_kv, _, lq, d = qg.shape
+    n = reps.shape[0]
+    qs = qg.sum(dim=1)  # [Hkv, Lq, D]
+    eye = torch.eye(n_kv, dtype=qs.dtype, device=qs.device)
+    blockdiag = (qs.transpose(1, 2)[:, :, None, :] * eye[:, None, :, None]).reshape(n_kv * d, n_kv * lq)
+    s = reps.reshape(n, n_kv * d) @ blockdiag  # [n, Hkv * Lq]
+    return s.view(n, n_kv, lq).amax(dim=2).t()
 
 
 def topk_blocks_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, k: int, per_kv_head: bool = False) -> torch.Tensor:

@@ -142,3 +142,16 @@ def test_blocks_of_matches_the_block_spans():
     assert len(spans) > 5
     for start, end in [(0, 1), (0, 3), (2, 4), (3, 11), (10, 12), (11, 12), (17, 40), (0, 1000), (90, 95), (500, 600)]:
         assert memory.blocks_of(start, end) == [b for b, (s, e) in enumerate(spans) if s < end and start < e], (start, end)
+
+
+def test_reserved_store_allocates_once_and_gives_the_same_result():
+    config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5, chunk_size=5)
+    grown, reserved = make_layer(config), make_layer(config)
+    reserved.store.reserve(30)
+    keys = reserved.store.keys
+    a = feed_random(grown, 250, seed=6)
+    b = feed_random(reserved, 250, seed=6)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert reserved.store.n_blocks == grown.store.n_blocks > 16
+    assert reserved.store.keys is keys  # no growth, no copy
+    assert grown.store.capacity < 2 * grown.store.n_blocks  # growth over-allocates by half at most

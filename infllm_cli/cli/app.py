@@ -31,7 +31,8 @@ log = logging.getLogger("infllm.cli")
 EXIT_CODES_HELP = """\
 Exit codes: 0 success; 1 internal error (a bug: rerun with --debug for the traceback);
 2 usage error (bad option, argument or memory configuration); 3 input error (missing path, empty or
-binary input, no readable text, source over --max-tokens); 4 PDF error (encrypted without the right
+binary input, no readable text, source over --max-tokens, a read predicted not to fit in memory: see
+--memory-budget); 4 PDF error (encrypted without the right
 password, corrupt); 5 model error (unknown model, directory without weights, unsupported architecture);
 6 device/backend error; 130 interrupted (Ctrl-C).
 """
@@ -123,8 +124,12 @@ def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     the model's weights are loaded (so that bad input fails fast)."""
     from ..models import read_model_config, resolve_device, resolve_dtype
 
+    from ..budget import budget
+
     gen = opts.generation_config()
-    resolve_dtype(opts.dtype, resolve_device(opts.device))  # a device that cannot work fails here, not after reading
+    device = resolve_device(opts.device)
+    resolve_dtype(opts.dtype, device)  # a device that cannot work fails here, not after reading
+    available = budget(opts.memory_budget, device.type, str(device))  # a bad --memory-budget fails here too
     document = open_document(source, opts)
     choice = resolve_model(opts.model)
     log.debug("model %s (from %s)", choice.name, choice.origin)
@@ -136,6 +141,7 @@ def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     doc = read_with_progress(document, HFEncoder(tokenizer), opts, reporter)
     log.info("%s", doc.describe())
     check_fit(doc, memory, opts.attention, model_config)
+    memory = check_memory(doc.count, memory, opts, model_config, model_name, device, available)
     return Prepared(opts, reporter, doc, tokenizer, model_name, model_config, memory, preset_name, gen)
 
 
@@ -154,6 +160,23 @@ def check_fit(doc: DocumentTokens, memory: MemoryConfig, attention: str, model_c
             "the memory window (n_init + n_local + block + query chunk - 1 = %s tokens) exceeds the %s-token context "
             "the model was trained on; lower --n-local or use a smaller --preset", f"{memory.max_window:,}", f"{n_ctx:,}"
         )
+
+
+def check_memory(tokens: int, memory: MemoryConfig, opts: Options, model_config: Any, model_name: str,
+                 device: Any, available: Any) -> MemoryConfig:
+    """The pre-flight memory check, before the weights are loaded (see :mod:`infllm_cli.budget`): refuse a
+    read predicted not to fit (exit 3) unless --skip-memory-check; on CUDA, move a block store that does not
+    fit on the GPU to host memory. Returns the memory config to use."""
+    from ..budget import plan
+    from ..estimate import model_shape
+
+    path = Path(model_name).expanduser()
+    shape = model_shape(model_config, opts.dtype, str(device), path if path.is_dir() else None)
+    if opts.skip_memory_check:
+        log.info("memory check skipped (--skip-memory-check)")
+        return memory
+    memory, _ = plan(tokens, memory, opts.attention, shape, device.type, available, offload_given=opts.offload is not None)
+    return memory
 
 
 def load_runner(prep: Prepared) -> Any:
@@ -381,24 +404,32 @@ def _isatty(stream: Any) -> bool:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "memory", "source", "limit", "output")
+@shared("model", "backend", "memory", "source", "limit", "output")
 def count(
     source: SourceArg,
     tokens_per_second: Annotated[Optional[float], typer.Option("--tokens-per-second", metavar="RATE", help="Prefill speed you measured (`infllm ask` prints it on stderr); gives a time estimate.", min=0.001, show_default=False)] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Load the model and time a short read and the block scoring on this machine (seconds to a minute); gives a time estimate.")] = False,
     *,
     opts: Options,
 ) -> None:
-    """Count the tokens of SOURCE and estimate memory blocks and key/value memory, without loading a model.
+    """Count the tokens of SOURCE and estimate memory blocks, key/value memory and peak memory, without
+    loading a model (unless --calibrate).
 
     Tokens are counted with the model's own tokenizer when it is available locally (--model directory,
     or a cached hub model), else with tiktoken cl100k_base/o200k_base when its file is already cached,
-    else as characters / 4. The output says which.
+    else as characters / 4. The output says which. Peak memory is the prediction `ask` checks before
+    loading the model. The time is unknown unless measured: --calibrate, or --tokens-per-second.
     """
     with handle_errors(opts):
+        from ..budget import budget as memory_budget
+        from ..budget import predict
         from ..estimate import choose_encoder, estimate_memory, human_seconds, model_shape, offline_model_config
         from ..formatting import human_bytes
+        from ..models import resolve_device
 
         reporter = start(opts)
+        device = resolve_device(opts.device)
+        available = memory_budget(opts.memory_budget, device.type, str(device))
         document = open_document(source, opts)
         choice = resolve_model(opts.model)
         model_name = choice.name
@@ -409,7 +440,18 @@ def count(
         path = Path(model_name).expanduser()
         shape = model_shape(config, opts.dtype, opts.device, path if path.is_dir() else None) if config is not None else None
         est = estimate_memory(doc.count, memory, opts.attention, shape)
+        peak = predict(doc.count, memory, opts.attention, shape, device.type) if shape is not None else None
         seconds = doc.count / tokens_per_second if tokens_per_second else None
+        time_basis = f"{tokens_per_second:g} tokens/s given with --tokens-per-second" if tokens_per_second else "unknown: pass --calibrate or --tokens-per-second from a measured run"
+        if calibrate and not tokens_per_second:
+            from ..calibrate import calibrate as run_calibration
+            from ..models import load_model
+
+            quiet_library_progress()
+            with reporter.status(f"calibrating {model_name}"):
+                loaded = load_model(model_name, device=opts.device, dtype=opts.dtype)
+                cal = run_calibration(loaded, memory, opts.attention, opts.backend, doc.count)
+            seconds, time_basis = cal.seconds, cal.basis
         r = doc.report
         result: dict[str, Any] = {
             "source": doc.name,
@@ -431,8 +473,14 @@ def count(
                 "weights_bytes": shape.weights_bytes if shape else None,
                 "note": None if shape else config_note,
             },
+            "peak_memory": None if peak is None else {
+                "host_bytes": peak.host_bytes, "device_bytes": peak.device_bytes,
+                "host_parts": peak.host_parts, "device_parts": peak.device_parts,
+                "available_host_bytes": available.host, "available_device_bytes": available.device,
+                "available_basis": available.source,
+            },
             "time_seconds": seconds,
-            "time_basis": f"{tokens_per_second:g} tokens/s given with --tokens-per-second" if tokens_per_second else "unknown: pass --tokens-per-second from a measured run",
+            "time_basis": time_basis,
         }
         if opts.json:
             emit_json(result)
@@ -452,10 +500,15 @@ def count(
                 lines.append(f"model weights: {human_bytes(shape.weights_bytes)} on disk (not included above)")
         else:
             lines.append(f"key/value memory: unknown ({config_note})")
+        if peak is not None:
+            where = f"GPU {human_bytes(peak.device_bytes)} + host {human_bytes(peak.host_bytes)}" if device.type == "cuda" else human_bytes(peak.host_bytes)
+            avail = " and ".join(f"{k} {human_bytes(v)}" for k, v in (("host", available.host), ("GPU", available.device)) if v is not None)
+            lines.append(f"peak memory: about {where} predicted (weights, block store, window, activations, runtime); "
+                         f"available: {avail or 'unknown'} ({available.source})")
         if seconds is not None:
-            lines.append(f"prefill time: about {human_seconds(seconds)} at {tokens_per_second:,g} tokens/s")
+            lines.append(f"prefill time: about {human_seconds(seconds)} ({time_basis})")
         else:
-            lines.append("prefill time: unknown (depends on model and hardware; pass --tokens-per-second from a measured run)")
+            lines.append(f"prefill time: {time_basis}")
         emit("\n".join(lines) + "\n")
 
 

@@ -46,6 +46,7 @@ class Options:
     device: str = "auto"
     dtype: str = "auto"
     backend: str = "auto"
+    threads: Optional[str] = None  # parsed by infllm_cli.threads (a usage error unless a positive integer)
     # memory
     attention: str = "infllm"
     preset: str = "auto"
@@ -72,6 +73,9 @@ class Options:
     seed: Optional[int] = None
     # input/output
     max_tokens: Optional[int] = None
+    memory_budget: Optional[str] = None
+    skip_memory_check: bool = False
+    progress_interval: Optional[float] = None
     max_bytes: Optional[int] = None
     password: Optional[str] = None
     json: bool = False
@@ -135,6 +139,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("model", Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="Hugging Face model id (from the local cache) or model directory. Default: $INFLLM_MODEL, then `model` in ~/.config/infllm/config.toml, then Qwen/Qwen2.5-1.5B-Instruct.", rich_help_panel=P_MODEL, show_default=False)),
         ("device", str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP, rich_help_panel=P_MODEL)),
         ("dtype", str, typer.Option("--dtype", metavar="DTYPE", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.", callback=_choice("dtype", DTYPES), rich_help_panel=P_MODEL)),
+        ("threads", Optional[str], typer.Option("--threads", metavar="N", help="CPU threads for the model's computation. Default: $INFLLM_THREADS, else the physical cores not kept busy by other processes (logged with -v).", rich_help_panel=P_MODEL, show_default=False)),
     ],
     "backend": [
         ("backend", str, typer.Option("--backend", metavar="NAME", help="Memory-attention kernels: auto (triton on CUDA, torch otherwise), torch or triton.", callback=_choice("backend", BACKENDS), rich_help_panel=P_MODEL)),
@@ -171,10 +176,13 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
     ],
     "limit": [
         ("max_tokens", Optional[int], typer.Option("--max-tokens", metavar="N", help="Refuse a source with more tokens than this (checked while reading, before any generation).", min=1, rich_help_panel=P_IO, show_default=False)),
+        ("memory_budget", Optional[str], typer.Option("--memory-budget", metavar="SIZE", help="Memory the read may use, e.g. 8G or 512M (default: $INFLLM_MEMORY_BUDGET, else the memory available now). A read predicted to need more is refused before the model is loaded (exit 3).", rich_help_panel=P_IO, show_default=False)),
+        ("skip_memory_check", bool, typer.Option("--skip-memory-check", help="Start even when the read is predicted not to fit in memory.", rich_help_panel=P_IO)),
     ],
     "output": [
         ("json", bool, typer.Option("--json", help="Print JSON on stdout instead of text.", rich_help_panel=P_IO)),
         ("quiet", bool, typer.Option("--quiet", help="No progress, no status lines: only errors on stderr.", rich_help_panel=P_IO)),
+        ("progress_interval", Optional[float], typer.Option("--progress-interval", metavar="SECONDS", help="When stderr is not a terminal, print a plain progress line this often (default: $INFLLM_PROGRESS_INTERVAL, else 10; 0: never).", min=0.0, rich_help_panel=P_IO, show_default=False)),
         ("verbose", bool, typer.Option("--verbose", "-v", help="More status lines on stderr.", rich_help_panel=P_IO)),
         ("debug", bool, typer.Option("--debug", help="Debug logging, and tracebacks for errors.", rich_help_panel=P_IO)),
     ],

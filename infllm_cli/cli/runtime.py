@@ -63,8 +63,12 @@ def _flush_stdout() -> None:
 
 
 def start(opts: Options) -> Reporter:
+    """Logging and progress on stderr, and the CPU thread count (see :mod:`infllm_cli.threads`)."""
+    from ..threads import configure_threads
+
     console = setup_logging(quiet=opts.quiet, verbose=opts.verbose, debug=opts.debug)
-    return Reporter.for_cli(console, quiet=opts.quiet)
+    configure_threads(opts.threads)
+    return Reporter.for_cli(console, quiet=opts.quiet, interval=opts.progress_interval)
 
 
 def quiet_library_progress() -> None:

@@ -29,6 +29,9 @@ from ..tokens import DocumentTokens, Encoder, HFEncoder, Segment, read_tokens
 
 log = logging.getLogger("infllm.session")
 
+#: Tokens beyond the document the block store is sized for (prompt, question, answer); see :func:`read_into`.
+RESERVE_SLACK_TOKENS = 4096
+
 
 def read_document(document: Any, tokenizer: Any, *, max_tokens: int | None = None, on_progress: Callable | None = None) -> DocumentTokens:
     """Read a :class:`~infllm_cli.sources.base.Document` into token ids with the model's tokenizer."""
@@ -115,6 +118,8 @@ def read_into(runner: Any, prefix: Sequence[int], body: Any, on_progress: Callab
     ``on_progress`` sees the body's tokens fed so far, counting the prefix. Returns (tokens fed, seconds).
     """
     runner.reset()
+    if hasattr(body, "__len__"):  # room for the document, the question and the answer, allocated once
+        runner.reserve(len(prefix) + len(body) + RESERVE_SLACK_TOKENS)
     start = time.perf_counter()
     base = runner.feed(prefix) if prefix else 0
     fed = base + runner.feed(body, (lambda n: on_progress(base + n)) if on_progress else None)

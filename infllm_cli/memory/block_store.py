@@ -6,6 +6,10 @@ representative keys for every query chunk) and the per-channel maximum and minim
 (``bounds`` = [max | min] along the channel axis: ``relu(q) . max + min(q, 0) . min`` is the largest score
 ``q . k`` any key of the block can reach).
 
+The arrays grow by half their size when full (amortised constant cost per block); :meth:`reserve` sizes
+them once for a stream of known length, so that a long read neither copies the store nor holds two copies
+of it while growing.
+
 Blocks are immutable once written and only ever appended, so a snapshot of the store is just its block
 count, and restoring it is a truncation. Block ``b`` holds the tokens ``first_token + b*block_size`` up to
 (excluding) ``first_token + (b+1)*block_size`` of the stream, which later work uses to cite passages.
@@ -70,8 +74,15 @@ class BlockStore:
     def capacity(self) -> int:
         return self.keys.shape[0]
 
+    def reserve(self, n_blocks: int) -> None:
+        """Make room for ``n_blocks`` blocks in all (one allocation instead of repeated growth)."""
+        if n_blocks > self.capacity:
+            self._resize(n_blocks)
+
     def _grow(self, needed: int) -> None:
-        new_cap = max(needed, 2 * self.capacity, 16)
+        self._resize(max(needed, self.capacity + self.capacity // 2, 16))
+
+    def _resize(self, new_cap: int) -> None:
         for name in ("keys", "values", "repr_keys", "repr_sum", "bounds"):
             old = getattr(self, name)
             new = torch.empty((new_cap, *old.shape[1:]), dtype=old.dtype, device=old.device,
