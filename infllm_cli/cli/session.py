@@ -146,6 +146,9 @@ class Answer:
         self._runner = runner
         self._citing = citing
         self._ledger = runner.cache.new_ledger() if citing is not None else None
+        if citing is not None:
+            end = citing.document.count if citing.doc_end is None else citing.doc_end
+            self._ledger.span = (citing.stream_offset, citing.stream_offset + end - citing.doc_start)
         self._deltas = generate_text(runner, suffix, gen, stops, self._ledger)
         self._pieces: list[str] = []
         self._sources: list[Source] | None = None

@@ -9,7 +9,9 @@ While an :class:`AttentionLedger` is attached to a :class:`~infllm_cli.memory.ca
 * the mass each retrieved block received (``block_mass`` of the citing attention kernel: each selection
   slot's log-sum-exp, taken from the kernel's own running sums and normalised by the final lse),
 
-into one float32 tensor indexed by *unit*: unit ``u`` is the stream range ``[n_init + u*bs, n_init +
+into one float32 tensor indexed by *unit* (window keys outside the ledger's ``span``, the cited text,
+are counted apart token by token: the question's tokens share a unit with the end of the document and get
+much of the answer's attention): unit ``u`` is the stream range ``[n_init + u*bs, n_init +
 (u+1)*bs)``, exactly the tokens of memory block ``u``, so a retrieved block and the same tokens seen in the
 window land in the same unit. The initial tokens (attention sinks, which every query looks at whatever it
 reads) are counted apart and never cited. Everything stays on the device; nothing synchronises until
@@ -54,6 +56,8 @@ class AttentionLedger:
         self.units = torch.zeros(0, dtype=torch.float32, device=device)
         self.init_mass = torch.zeros((), dtype=torch.float32, device=device)
         self.rows = 0  # query rows measured: layers x query heads x tokens
+        self.span: tuple[int, int] | None = None  # stream range of the cited text; window keys outside are skipped
+        self.outside_mass = torch.zeros((), dtype=torch.float32, device=device)
 
     def _grow(self, n_units: int) -> None:
         if n_units > self.units.shape[0]:
@@ -81,6 +85,11 @@ class AttentionLedger:
             sink = pos < self.n_init
             self.init_mass += wm[sink].sum()
             pos, wm = pos[~sink], wm[~sink]
+        if self.span is not None:  # keys outside the cited text (the question, the answer) must not leak
+            # into the unit they share with its first or last tokens: they are counted apart, token by token
+            inside = (pos >= self.span[0]) & (pos < self.span[1])
+            self.outside_mass += wm.sum() - (wm * inside).sum()
+            wm = wm * inside
         # every stored block lies before the window, so this also covers the block indices below
         self._grow(max(0, local_start + n_l - self.n_init) // self.block_size + 1)
         self.units.index_add_(0, (pos - self.n_init) // self.block_size, wm)
