@@ -124,11 +124,11 @@ class DocumentTokens:
     ids: array = field(default_factory=lambda: array("i"))
     count: int = 0
     segments: list[Segment] = field(default_factory=list)
-    spans: SpanMap | None = None  # token offsets -> file, page, lines, section (None when only counting)
+    span_map: SpanMap | None = None  # token offsets -> file, page, lines, section (None when only counting)
 
     def locate(self, start: int, end: int) -> list:
         """Where the tokens ``[start, end)`` came from: a list of :class:`~infllm_cli.spanmap.SpanLocation`."""
-        return self.spans.locate(start, end) if self.spans is not None else []
+        return self.span_map.locate(start, end) if self.span_map is not None else []
 
     def describe(self) -> str:
         """One line saying how much was read, e.g. ``read 1,234 tokens from 12 pages (1 without text) of a.pdf``."""
@@ -326,15 +326,15 @@ def read_tokens(
     out = DocumentTokens(name=document.name, kind=document.kind, report=document.report)
     with_offsets = getattr(encoder, "encode_with_offsets", None)
     if keep_ids:
-        out.spans = SpanMap()
+        out.span_map = SpanMap()
     for piece in pieces(document, piece_chars=piece_chars):
-        if out.spans is not None:
+        if out.span_map is not None:
             if with_offsets is not None:
                 ids, ends = with_offsets(piece.text)
             else:
                 ids = encoder.encode(piece.text)
                 ends = even_ends(len(ids), len(piece.text))
-            _record_piece(out.spans, out.count, piece, ends)
+            _record_piece(out.span_map, out.count, piece, ends)
         else:
             ids = encoder.encode(piece.text)
         if piece.new_segment or not out.segments:
@@ -352,8 +352,8 @@ def read_tokens(
             on_progress(out.count, document.report)
     if out.segments:
         out.segments[-1].end = out.count
-    if out.spans is not None:
-        out.spans.count = out.count
+    if out.span_map is not None:
+        out.span_map.count = out.count
     if out.count == 0:
         raise InputError(f"{document.name}: no text to read")
     log.debug("read %s tokens in %d segments", out.count, len(out.segments))

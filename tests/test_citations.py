@@ -106,9 +106,9 @@ def test_span_map_round_trips_through_json(tmp_path, byte_tokenizer):
     path = tmp_path / "a.md"
     path.write_text("# One\n" + "alpha\n" * 50 + "# Two\n" + "beta\n" * 50)
     doc = read_tokens(open_source(str(path)), HFEncoder(byte_tokenizer), piece_chars=128)
-    again = SpanMap.from_dict(json.loads(json.dumps(doc.spans.to_dict())))
+    again = SpanMap.from_dict(json.loads(json.dumps(doc.span_map.to_dict())))
     for a in range(0, doc.count, 37):
-        assert again.locate(a, a + 50) == doc.spans.locate(a, a + 50)
+        assert again.locate(a, a + 50) == doc.span_map.locate(a, a + 50)
     assert {loc.section for loc in doc.locate(0, doc.count)} == {"One", "Two"}
 
 
@@ -166,9 +166,10 @@ def test_top_source_is_the_planted_fact(tmp_path, recall_model):
 def test_backends_record_the_same_attention(tmp_path, recall_model):
     if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not torch.cuda.is_available():
         pytest.skip("triton needs the interpreter on CPU")
-    path, _, _ = planted_document(tmp_path, 5, 0.3, n_sentences=24)  # ~1.5K bytes: fast under the interpreter
-    _, text_t, ans_t = ask_with_sources(recall_model, path, "torch", max_new_tokens=3)
-    _, text_k, ans_k = ask_with_sources(recall_model, path, "triton", max_new_tokens=3)
+    path, _, _ = planted_document(tmp_path, 5, 0.3, n_sentences=8)  # ~600 bytes, 14 blocks: the interpreter is slow
+    _, text_t, ans_t = ask_with_sources(recall_model, path, "torch", max_new_tokens=2)
+    _, text_k, ans_k = ask_with_sources(recall_model, path, "triton", max_new_tokens=2)
+    assert ans_t._ledger.units.sum() > 0
     assert text_t == text_k
     lt, lk = ans_t._ledger, ans_k._ledger
     n = min(lt.units.shape[0], lk.units.shape[0])
