@@ -12,6 +12,7 @@ block store, memory is bounded by the configuration (window buffers, one chunk o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import time
@@ -215,11 +216,13 @@ class Runner:
         """Feed one generated token; logits [V] for the next."""
         return self.forward([token], logits_to_keep=1)[-1]
 
-    def generate(self, prompt_tokens: Sequence[int], gen: GenerationConfig) -> Iterator[str]:
+    def generate(self, prompt_tokens: Sequence[int], gen: GenerationConfig, ledger: Any = None) -> Iterator[str]:
         """Feed ``prompt_tokens`` then yield the generated text piece by piece.
 
         Stops at an end-of-sequence token (tokenizer/model/``gen.stop_token_ids``) or after
-        ``gen.max_new_tokens`` tokens.
+        ``gen.max_new_tokens`` tokens. With a ``ledger`` (from ``runner.cache.new_ledger()``; context memory
+        only), the attention the answer's tokens give the window and the retrieved blocks is added to it
+        (see :mod:`infllm_cli.memory.ledger`).
         """
         if prompt_tokens:
             self.read_question(prompt_tokens)
@@ -230,6 +233,11 @@ class Runner:
         decoder = TextDeltas(self.loaded.tokenizer)
         logits = self.last_logits
         start = time.perf_counter()
+        citing = contextlib.ExitStack()
+        if ledger is not None:
+            if not isinstance(self.cache, ContextMemory):
+                raise UsageError("citations need the context memory (attention infllm or streaming), not dense attention")
+            citing.enter_context(self.cache.citing(ledger))
         try:
             for _ in range(gen.max_new_tokens):
                 token = sample_next(logits, gen, generator)
@@ -244,6 +252,7 @@ class Runner:
             if tail:
                 yield tail
         finally:
+            citing.close()
             self.stats.generate_seconds += time.perf_counter() - start
             self._update_stats()
 

@@ -8,19 +8,22 @@ file's text is preceded by a header line ``File: <path>`` unless the reader's fi
 already names it.
 
 The ids of a read document are kept in a compact ``array('i')`` (4 bytes a token), together with the
-token offsets where sections and files start, which ``summarize`` uses to work section by section.
+token offsets where sections and files start, which ``summarize`` uses to work section by section, and a
+:class:`~infllm_cli.spanmap.SpanMap` from token offsets back to file, page, lines and section (citations).
 """
 
 from __future__ import annotations
 
 import logging
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 from .errors import InputError, ModelError
 from .formatting import one_line
 from .sources.base import Document, ReadReport, Span
+from .spanmap import SpanMap
 
 log = logging.getLogger("infllm.tokens")
 
@@ -55,6 +58,26 @@ class HFEncoder:
             except TypeError:  # a slow tokenizer without split_special_tokens
                 self._split_ok = False
         return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """``encode(text)`` and, per token, the character offset where it ends (non-decreasing); a tokenizer
+        without offsets (a slow one) gets ends spread evenly over the text."""
+        try:
+            kwargs = {"split_special_tokens": True} if self._split_ok else {}
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False, **kwargs)
+        except (NotImplementedError, TypeError, ValueError):
+            ids = self.encode(text)
+            return ids, even_ends(len(ids), len(text))
+        ends, top = [], 0
+        for _, end in enc["offset_mapping"]:
+            top = max(top, end)
+            ends.append(top)
+        return list(enc["input_ids"]), ends
+
+
+def even_ends(n_tokens: int, n_chars: int) -> list[int]:
+    """Token end offsets spread evenly over ``n_chars`` characters (when a tokenizer gives no offsets)."""
+    return [((i + 1) * n_chars) // n_tokens for i in range(n_tokens)] if n_tokens else []
 
 
 def load_tokenizer(name_or_path: str, *, local_files_only: bool = False) -> Any:
@@ -101,6 +124,11 @@ class DocumentTokens:
     ids: array = field(default_factory=lambda: array("i"))
     count: int = 0
     segments: list[Segment] = field(default_factory=list)
+    span_map: SpanMap | None = None  # token offsets -> file, page, lines, section (None when only counting)
+
+    def locate(self, start: int, end: int) -> list:
+        """Where the tokens ``[start, end)`` came from: a list of :class:`~infllm_cli.spanmap.SpanLocation`."""
+        return self.span_map.locate(start, end) if self.span_map is not None else []
 
     def describe(self) -> str:
         """One line saying how much was read, e.g. ``read 1,234 tokens from 12 pages (1 without text) of a.pdf``."""
@@ -165,12 +193,18 @@ def _cut(text: str, limit: int) -> Iterator[str]:
 
 @dataclass
 class Piece:
-    """A bounded run of text within one segment: ``first``/``last`` are the spans it starts and ends in."""
+    """A bounded run of text within one segment: ``first``/``last`` are the spans it starts and ends in.
+
+    ``marks`` say which span each part of ``text`` comes from: ``(start, text_start, span, line)`` -- from
+    character ``start`` on (separators and a file header first), the span's own text from ``text_start``,
+    where line ``line`` begins (``None`` without line numbers).
+    """
 
     text: str
     first: Span
     last: Span
     new_segment: bool
+    marks: list[tuple[int, int, Span, int | None]] = field(default_factory=list)
 
 
 def pieces(document: Document, *, piece_chars: int = PIECE_CHARS) -> Iterator[Piece]:
@@ -188,21 +222,27 @@ def pieces(document: Document, *, piece_chars: int = PIECE_CHARS) -> Iterator[Pi
     new_segment = False
     last_path: str | None = None
     ended_newline = True
+    anchors: list[tuple[int, int, Span]] = []  # (region start, text start, span) in the joined buffer
 
     def flush() -> Iterator[Piece]:
-        nonlocal buf, buf_len, first, last, new_segment
+        nonlocal buf, buf_len, first, last, new_segment, anchors
         if buf and first is not None and last is not None:
-            for part in _cut("".join(buf), piece_chars):
-                yield Piece(part, first, last, new_segment)
+            joined = "".join(buf)
+            base = 0
+            for part in _cut(joined, piece_chars):
+                yield Piece(part, first, last, new_segment, _marks(joined, anchors, base, base + len(part)))
                 new_segment = False
-        buf, buf_len, first, last = [], 0, None, None
+                base += len(part)
+        buf, buf_len, first, last, anchors = [], 0, None, None, []
 
     for span in document.spans():
         if not span.text:
             continue
         key = (span.path, span.section)
+        region = buf_len
         if key != current:
             yield from flush()
+            region = 0
             current = key
             new_segment = True
             sep = "\n" if last_path is not None and not ended_newline else ""
@@ -219,12 +259,48 @@ def pieces(document: Document, *, piece_chars: int = PIECE_CHARS) -> Iterator[Pi
         if first is None:
             first = span
         last = span
+        anchors.append((region, buf_len, span))
         buf.append(span.text)
         buf_len += len(span.text)
         ended_newline = span.text.endswith("\n")
         if buf_len >= piece_chars:
             yield from flush()
     yield from flush()
+
+
+def _marks(joined: str, anchors: list[tuple[int, int, Span]], lo: int, hi: int) -> list[tuple[int, int, Span, int | None]]:
+    """The :attr:`Piece.marks` of ``joined[lo:hi]``: the span under way at ``lo`` (with the line it has
+    reached there), then every span that starts inside."""
+    out: list[tuple[int, int, Span, int | None]] = []
+    i = bisect_right([a[0] for a in anchors], lo) - 1
+    if i >= 0 and anchors[i][0] < lo:  # a span continued from the previous piece
+        _, text_start, span = anchors[i]
+        line = span.line_start
+        if line is not None and lo > text_start:
+            line += joined.count("\n", text_start, lo)
+        out.append((0, max(0, text_start - lo), span, line))
+        i += 1
+    i = max(i, 0)
+    while i < len(anchors) and anchors[i][0] < hi:
+        region, text_start, span = anchors[i]
+        if region >= lo:
+            out.append((region - lo, text_start - lo, span, span.line_start))
+        i += 1
+    return out
+
+
+def _record_piece(spans: SpanMap, base: int, piece: Piece, ends: list[int]) -> None:
+    """Add ``piece``'s marks to ``spans``; its tokens start at ``base`` and end at characters ``ends``."""
+    text = piece.text
+    for j, (start, text_start, span, line) in enumerate(piece.marks):
+        stop = piece.marks[j + 1][0] if j + 1 < len(piece.marks) else len(text)
+        line_starts: list[int] = []
+        if line is not None:
+            p = text.find("\n", max(start, text_start), stop)
+            while 0 <= p < stop - 1:  # a newline at the very end starts a line in the next record
+                line_starts.append(base + bisect_right(ends, p + 1))
+                p = text.find("\n", p + 1, stop)
+        spans.add(base + bisect_right(ends, start), span.path, span.page, line, span.section, line_starts)
 
 
 def too_many_tokens(name: str, max_tokens: int) -> InputError:
@@ -248,8 +324,19 @@ def read_tokens(
     document has no text at all.
     """
     out = DocumentTokens(name=document.name, kind=document.kind, report=document.report)
+    with_offsets = getattr(encoder, "encode_with_offsets", None)
+    if keep_ids:
+        out.span_map = SpanMap()
     for piece in pieces(document, piece_chars=piece_chars):
-        ids = encoder.encode(piece.text)
+        if out.span_map is not None:
+            if with_offsets is not None:
+                ids, ends = with_offsets(piece.text)
+            else:
+                ids = encoder.encode(piece.text)
+                ends = even_ends(len(ids), len(piece.text))
+            _record_piece(out.span_map, out.count, piece, ends)
+        else:
+            ids = encoder.encode(piece.text)
         if piece.new_segment or not out.segments:
             if out.segments:
                 out.segments[-1].end = out.count
@@ -265,6 +352,8 @@ def read_tokens(
             on_progress(out.count, document.report)
     if out.segments:
         out.segments[-1].end = out.count
+    if out.span_map is not None:
+        out.span_map.count = out.count
     if out.count == 0:
         raise InputError(f"{document.name}: no text to read")
     log.debug("read %s tokens in %d segments", out.count, len(out.segments))

@@ -39,6 +39,8 @@ class Backend:
     topk_blocks: Callable[..., torch.Tensor]
     block_scores: Callable[..., torch.Tensor]
     fused_attention_and_mass: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    memory_attention_cite: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    fused_attention_cite: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def attention_and_mass(self, q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks,
                            block_idx, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +53,19 @@ class Backend:
         out, lse = self.memory_attention(*args)
         return out, self.attention_mass(q_local, k_local, lse, scale)
 
+    def attention_with_citations(self, q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks,
+                                 block_idx, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attention output [H, L, D], the mass [Nl] each local key received, and ``block_mass`` [H, L, K]:
+        what each query row gave each selection slot (see ``reference.memory_attention_cite_ref``)."""
+        args = (q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks, block_idx, scale)
+        if self.fused_attention_cite is not None:
+            out, _, mass, block_mass = self.fused_attention_cite(*args)
+            return out, mass, block_mass
+        if self.memory_attention_cite is None:
+            raise BackendError(f"backend {self.name!r} cannot measure citations")
+        out, lse, block_mass = self.memory_attention_cite(*args)
+        return out, self.attention_mass(q_local, k_local, lse, scale), block_mass
+
 
 TORCH = Backend(
     name="torch",
@@ -59,6 +74,7 @@ TORCH = Backend(
     topk_blocks=reference.topk_blocks_ref,
     block_scores=reference.block_scores_ref,
     fused_attention_and_mass=reference.memory_attention_and_mass_ref,
+    fused_attention_cite=reference.memory_attention_cite_ref,
 )
 
 
@@ -75,6 +91,7 @@ def _triton_backend() -> Backend:
         attention_mass=triton_ops.attention_mass,
         topk_blocks=triton_ops.topk_blocks,
         block_scores=triton_ops.block_scores,
+        memory_attention_cite=triton_ops.memory_attention_cite,
     )
 
 

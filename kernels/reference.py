@@ -128,6 +128,58 @@ def memory_attention_and_mass_ref(
 
     Returns ``out`` [H, L, D], ``lse`` [H, L] and ``mass`` [Nl] (``None`` unless ``with_mass``).
     """
+    out, lse, p_loc, _ = _attention_probs(
+        q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks, block_idx, scale
+    )
+    mass = p_loc.sum(dim=(0, 1)) if with_mass else None
+    return out, lse, mass
+
+
+def memory_attention_cite_ref(
+    q_local: torch.Tensor,
+    q_mem: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    k_init: torch.Tensor,
+    v_init: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    block_idx: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`memory_attention_and_mass_ref` plus the attention each retrieved block slot received.
+
+    Returns ``out`` [H, L, D], ``lse`` [H, L], ``mass`` [Nl] (as :func:`attention_mass_ref`) and
+    ``block_mass`` [H, L, K] float32: ``block_mass[h, i, k] = sum_{t in slot k} p[h, i, t]``, the softmax
+    probability query ``i`` of head ``h`` gave the ``bs`` tokens of selection slot ``k`` (0 for an empty
+    slot; a repeated block is counted once per slot it occupies). Over a row, ``block_mass`` plus the
+    window's and the initial tokens' shares sum to 1.
+    """
+    h, l, _ = q_local.shape
+    n_kv = k_local.shape[0]
+    n_i = k_init.shape[1]
+    bs = k_blocks.shape[2]
+    out, lse, p_loc, p_mem = _attention_probs(
+        q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks, block_idx, scale
+    )
+    n_sel = (p_mem.shape[-1] - n_i) // bs if bs else 0
+    blocks = p_mem[..., n_i:].reshape(n_kv, p_mem.shape[1], n_sel, bs).sum(dim=-1)  # [Hkv, G*L, K]
+    return out, lse, p_loc.sum(dim=(0, 1)), blocks.reshape(h, l, n_sel)
+
+
+def _attention_probs(
+    q_local: torch.Tensor,
+    q_mem: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    k_init: torch.Tensor,
+    v_init: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    block_idx: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """out [H, L, D], lse [H, L], and the probabilities p_loc [Hkv, G*L, Nl], p_mem [Hkv, G*L, Ni + K*bs]."""
     h, l, d = q_local.shape
     n_kv, n_l, _ = k_local.shape
     g = h // n_kv
@@ -149,8 +201,7 @@ def memory_attention_and_mass_ref(
     p_loc = e_loc.div_(z[..., None]).view(n_kv, g * l, n_l)
     p_mem = e_mem.div_(z[..., None]).view(n_kv, g * l, -1)
     out = torch.bmm(p_loc, v_local.float()).add_(torch.bmm(p_mem, v_mem.float()))
-    mass = p_loc.sum(dim=(0, 1)) if with_mass else None
-    return out.view(h, l, d).to(q_local.dtype), lse.reshape(h, l), mass
+    return out.view(h, l, d).to(q_local.dtype), lse.reshape(h, l), p_loc, p_mem
 
 
 def attention_mass_ref(q_local: torch.Tensor, k_local: torch.Tensor, lse: torch.Tensor, scale: float) -> torch.Tensor:

@@ -23,9 +23,9 @@ import torch
 
 from .attention_mass import attention_mass_fwd
 from .block_topk import block_scores_fwd, topk_blocks_fwd
-from .memory_attention import memory_attention_fwd
+from .memory_attention import memory_attention_cite_fwd, memory_attention_fwd
 
-__all__ = ["memory_attention", "attention_mass", "block_scores", "topk_blocks"]
+__all__ = ["memory_attention", "memory_attention_cite", "attention_mass", "block_scores", "topk_blocks"]
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -57,6 +57,25 @@ def memory_attention(
     tensors = [_unit_last(t) for t in (q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks)]
     block_idx = block_idx.to(device=q_local.device).contiguous()
     return memory_attention_fwd(*tensors, block_idx, scale)
+
+
+def memory_attention_cite(
+    q_local: torch.Tensor,
+    q_mem: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    k_init: torch.Tensor,
+    v_init: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    block_idx: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`memory_attention` plus ``block_mass`` [H, L, K] float32, the attention each selection slot
+    received per query row; see ``memory_attention_cite_ref``."""
+    tensors = [_unit_last(t) for t in (q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks)]
+    block_idx = block_idx.to(device=q_local.device).contiguous()
+    return memory_attention_cite_fwd(*tensors, block_idx, scale)
 
 
 def attention_mass(q_local: torch.Tensor, k_local: torch.Tensor, lse: torch.Tensor, scale: float) -> torch.Tensor:

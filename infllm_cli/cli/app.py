@@ -127,6 +127,8 @@ def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     from ..budget import budget
 
     gen = opts.generation_config()
+    if opts.cite and opts.attention == "dense":
+        raise UsageError("--cite needs the context memory: use --attention infllm (or streaming), not dense")
     device = resolve_device(opts.device)
     resolve_dtype(opts.dtype, device)  # a device that cannot work fails here, not after reading
     available = budget(opts.memory_budget, device.type, str(device))  # a bad --memory-budget fails here too
@@ -228,6 +230,19 @@ def open_session(source: str, opts: Options, reporter: Reporter) -> tuple[Prepar
     return prep, runner, session
 
 
+def emit_sources(answer: Any, opts: Options) -> list[dict[str, Any]]:
+    """With --cite, print the answer's "Sources" block (text mode); the sources as JSON-ready dicts."""
+    from ..citations import format_sources
+
+    if not opts.cite:
+        return []
+    sources = answer.sources
+    if not opts.json:
+        block = format_sources(sources)
+        emit(block if block else "Sources: none (no attention to the document was measured)\n")
+    return [s.to_dict() for s in sources]
+
+
 def stream_answer(deltas: Iterator[str], reporter: Reporter, runner: Any, *, to_stdout: bool) -> str:
     """Consume an answer; echo it to stdout as it comes unless ``to_stdout`` is False (JSON mode)."""
     pieces: list[str] = []
@@ -247,7 +262,7 @@ SourceArg = Annotated[str, typer.Argument(metavar="SOURCE", help="File, director
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output")
 def ask(
     source: SourceArg,
     question: Annotated[Optional[str], typer.Argument(metavar="QUESTION", help="The question.", show_default=False)] = None,
@@ -275,17 +290,19 @@ def ask(
             mark = StatsMark.of(runner)
             if not opts.json and len(questions) > 1:
                 emit(("\n" if i else "") + f"## {q.strip()}\n")
-            answer = stream_answer(session.ask(q, prep.gen), reporter, runner, to_stdout=not opts.json)
+            asked = session.ask(q, prep.gen, cite=opts.cite, max_sources=opts.max_sources)
+            answer = stream_answer(asked, reporter, runner, to_stdout=not opts.json)
             stats = session.stats(mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name})
-            if opts.json:
-                emit_json({"question": q, "answer": answer, "stats": stats})
-            else:
+            if not opts.json:
                 emit("\n")
+            sources = emit_sources(asked, opts)
+            if opts.json:
+                emit_json({"question": q, "answer": answer, "sources": sources, "stats": stats})
             log.info("%s", stats_line(stats))
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output")
 def summarize(
     source: SourceArg,
     style: Annotated[str, typer.Option("--style", metavar="STYLE", help="brief: one overall summary; detailed: one thorough summary, or per section when the source is longer than the local window; sections: a summary per section (PDF outline, headings, files) then an overall one.", callback=lambda v: _check_style(v))] = "brief",
@@ -317,25 +334,33 @@ def summarize(
                 if to_stdout:
                     emit(("\n" if i > 1 else "") + f"## {part.title}\n")
                 with reporter.task(f"reading part {i}/{len(parts)}", total=part.tokens) as update:
-                    deltas = summ.part(doc, part, prep.gen, on_progress=lambda n: update(min(n, part.tokens)))
+                    deltas = summ.part(doc, part, prep.gen, on_progress=lambda n: update(min(n, part.tokens)),
+                                       cite=opts.cite, max_sources=opts.max_sources)
                 text = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
                 if to_stdout:
                     emit("\n")
+                part_sources = emit_sources(deltas, opts)
                 pieces.append(SummaryPiece(part.title, text, part.tokens, part.location))
-                sections.append({"title": part.title, "location": part.location, "tokens": part.tokens, "summary": text})
+                sections.append({"title": part.title, "location": part.location, "tokens": part.tokens, "summary": text,
+                                 "sources": part_sources})
             if to_stdout:
                 emit("\n## Overall summary\n")
             overall = stream_answer(summ.overall(pieces, prep.gen), reporter, runner, to_stdout=to_stdout)
+            sources: list[dict[str, Any]] = []  # the overall summary reads the part summaries, not the source
         else:
             kind = "brief" if style == "brief" else "detailed"  # `sections` of a single section: one thorough summary
             with reporter.task("prefill", total=doc.count) as update:
-                deltas = summ.whole(doc, kind, prep.gen, on_progress=lambda n: update(min(n, doc.count)))
+                deltas = summ.whole(doc, kind, prep.gen, on_progress=lambda n: update(min(n, doc.count)),
+                                    cite=opts.cite, max_sources=opts.max_sources)
             overall = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
         if to_stdout:
             emit("\n")
+        if not sections:
+            sources = emit_sources(deltas, opts)
         stats = answer_stats(runner, doc, summ.read_seconds, mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name})
         if opts.json:
-            emit_json({"source": doc.name, "style": style, "summary": overall, "sections": sections, "stats": stats})
+            emit_json({"source": doc.name, "style": style, "summary": overall, "sources": sources, "sections": sections,
+                       "stats": stats})
         log.info("%s", stats_line(stats))
 
 
@@ -346,7 +371,7 @@ def _check_style(value: str) -> str:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output")
 def chat(
     source: SourceArg,
     independent: Annotated[bool, typer.Option("--independent", help="Answer each question on its own, without the earlier turns.")] = False,
@@ -386,12 +411,14 @@ def chat(
                 log.info("conversation forgotten")
                 continue
             mark = StatsMark.of(runner)
-            answer = stream_answer(session.ask(q, prep.gen, () if independent else history), reporter, runner, to_stdout=not opts.json)
+            asked = session.ask(q, prep.gen, () if independent else history, cite=opts.cite, max_sources=opts.max_sources)
+            answer = stream_answer(asked, reporter, runner, to_stdout=not opts.json)
             stats = session.stats(mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name, "turn": len(history) + 1})
-            if opts.json:
-                emit_json({"question": q, "answer": answer, "stats": stats})
-            else:
+            if not opts.json:
                 emit("\n")
+            sources = emit_sources(asked, opts)
+            if opts.json:
+                emit_json({"question": q, "answer": answer, "sources": sources, "stats": stats})
             history.append(Turn(q, answer))
             log.debug("%s", stats_line(stats))
 

@@ -79,6 +79,8 @@ class Options:
     max_bytes: Optional[int] = None
     password: Optional[str] = None
     json: bool = False
+    cite: bool = False
+    max_sources: int = 5
     quiet: bool = False
     verbose: bool = False
     debug: bool = False
@@ -178,6 +180,10 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("max_tokens", Optional[int], typer.Option("--max-tokens", metavar="N", help="Refuse a source with more tokens than this (checked while reading, before any generation).", min=1, rich_help_panel=P_IO, show_default=False)),
         ("memory_budget", Optional[str], typer.Option("--memory-budget", metavar="SIZE", help="Memory the read may use, e.g. 8G or 512M (default: $INFLLM_MEMORY_BUDGET, else the memory available now). A read predicted to need more is refused before the model is loaded (exit 3).", rich_help_panel=P_IO, show_default=False)),
         ("skip_memory_check", bool, typer.Option("--skip-memory-check", help="Start even when the read is predicted not to fit in memory.", rich_help_panel=P_IO)),
+    ],
+    "cite": [
+        ("cite", bool, typer.Option("--cite", help="After each answer, list the passages it attended to most (location, excerpt, share of attention); see docs/citations.md.", rich_help_panel=P_IO)),
+        ("max_sources", int, typer.Option("--max-sources", metavar="N", help="Most sources listed with --cite.", min=1, max=100, rich_help_panel=P_IO)),
     ],
     "output": [
         ("json", bool, typer.Option("--json", help="Print JSON on stdout instead of text.", rich_help_panel=P_IO)),

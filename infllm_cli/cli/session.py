@@ -12,6 +12,9 @@ Nothing here prints: answers are produced as iterators of text deltas, progress 
 >>> session.read(doc)                                     # the document streams in once
 >>> print("".join(session.ask("Who betrays the captain?", GenerationConfig())))
 >>> print("".join(session.ask("Where does it end?", GenerationConfig())))   # same read, independent
+>>> answer = session.ask("Who betrays the captain?", GenerationConfig(), cite=True)
+>>> text = "".join(answer)                                 # generate; then
+>>> [s.location() for s in answer.sources]                # the passages it attended to most
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+from ..citations import Source, cite
 from ..config import GenerationConfig
 from ..prompting import PromptFormat, Turn
 from ..tokens import DocumentTokens, Encoder, HFEncoder, Segment, read_tokens
@@ -80,11 +84,12 @@ class StopText:
         return out
 
 
-def generate_text(runner: Any, suffix: Sequence[int], gen: GenerationConfig, stops: Sequence[str] = ()) -> Iterator[str]:
+def generate_text(runner: Any, suffix: Sequence[int], gen: GenerationConfig, stops: Sequence[str] = (),
+                  ledger: Any = None) -> Iterator[str]:
     """Feed ``suffix``, then yield the answer's text deltas (cut at ``stops``; leading and trailing
-    whitespace removed)."""
+    whitespace removed). With a ``ledger``, the answer's attention is recorded in it (citations)."""
     cut = StopText(stops)
-    stream = runner.generate(list(suffix), gen)
+    stream = runner.generate(list(suffix), gen, ledger=ledger) if ledger is not None else runner.generate(list(suffix), gen)
     pending_ws = ""
     try:
         for delta in stream:
@@ -124,6 +129,78 @@ def read_into(runner: Any, prefix: Sequence[int], body: Any, on_progress: Callab
     base = runner.feed(prefix) if prefix else 0
     fed = base + runner.feed(body, (lambda n: on_progress(base + n)) if on_progress else None)
     return fed, time.perf_counter() - start
+
+
+@dataclass
+class Citing:
+    """Where the document sat in the stream an answer was generated from, to cite it afterwards."""
+
+    document: DocumentTokens
+    stream_offset: int  # stream position of document token ``doc_start``
+    doc_start: int = 0
+    doc_end: int | None = None
+    max_sources: int = 5
+
+
+class Answer:
+    """An answer being generated: iterate it for text deltas; once it is exhausted, :attr:`text` is the
+    whole answer and :attr:`sources` the passages it drew from (empty unless it was asked with citations)."""
+
+    def __init__(self, runner: Any, suffix: Sequence[int], gen: GenerationConfig, stops: Sequence[str] = (),
+                 citing: Citing | None = None) -> None:
+        self._runner = runner
+        self._citing = citing
+        self._ledger = runner.cache.new_ledger() if citing is not None else None
+        if citing is not None:
+            end = citing.document.count if citing.doc_end is None else citing.doc_end
+            self._ledger.span = (citing.stream_offset, citing.stream_offset + end - citing.doc_start)
+        self._deltas = generate_text(runner, suffix, gen, stops, self._ledger)
+        self._pieces: list[str] = []
+        self._sources: list[Source] | None = None
+        self.done = False
+
+    def __iter__(self) -> "Answer":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            delta = next(self._deltas)
+        except StopIteration:
+            self.done = True
+            raise
+        self._pieces.append(delta)
+        return delta
+
+    def close(self) -> None:
+        self._deltas.close()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    @property
+    def sources(self) -> list[Source]:
+        """The cited passages, best first (computed once, after the answer is complete)."""
+        if self._sources is None:
+            if not self.done:
+                raise RuntimeError("the answer is still being generated: consume it first")
+            c = self._citing
+            if c is None or self._ledger is None:
+                self._sources = []
+            else:
+                tok = self._runner.loaded.tokenizer
+                self._sources = cite(self._ledger, c.document, c.stream_offset, doc_start=c.doc_start,
+                                     doc_end=c.doc_end, max_sources=c.max_sources,
+                                     decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+        return self._sources
+
+
+def check_citable(runner: Any) -> None:
+    """Citations need the context memory: raise :class:`~infllm_cli.errors.UsageError` for dense attention."""
+    from ..errors import UsageError
+
+    if getattr(runner, "attention", "infllm") == "dense":
+        raise UsageError("--cite needs the context memory: use --attention infllm (or streaming), not dense")
 
 
 # -- stats -------------------------------------------------------------------------------------------
@@ -183,6 +260,7 @@ class DocumentSession:
     format: PromptFormat | None = None
     document: DocumentTokens | None = None
     read_seconds: float = 0.0
+    doc_offset: int = 0  # stream position of the document's first token
     _snapshot: Any = None
     _used: bool = False
 
@@ -194,21 +272,27 @@ class DocumentSession:
         """Reset the memory, stream the question prefix and the document in, and remember that state."""
         prefix = self.format.qa_prefix()
         fed, self.read_seconds = read_into(self.runner, prefix, document.ids, on_progress)
+        self.doc_offset = len(prefix)
         log.debug("document read: %d tokens fed (prefix %d) in %.2fs", fed, len(prefix), self.read_seconds)
         self.document = document
         self._snapshot = self.runner.snapshot()
         self._used = False
         return fed
 
-    def ask(self, question: str, gen: GenerationConfig, history: Sequence[Turn] = ()) -> Iterator[str]:
-        """The answer to ``question`` (after the earlier ``history`` turns), as text deltas."""
+    def ask(self, question: str, gen: GenerationConfig, history: Sequence[Turn] = (), *, cite: bool = False,
+            max_sources: int = 5) -> Answer:
+        """The answer to ``question`` (after the earlier ``history`` turns): an :class:`Answer`, iterated for
+        its text deltas; with ``cite``, its :attr:`Answer.sources` are the passages it attended to most."""
         if self._snapshot is None:
             raise RuntimeError("read a document first")
+        if cite:
+            check_citable(self.runner)
         if self._used:  # the first question continues from the document directly
             self.runner.restore(self._snapshot)
         self._used = True
         suffix = self.format.qa_suffix(question, history)
-        return generate_text(self.runner, suffix, with_turn_stops(gen, self.format), self.format.stop_strings())
+        citing = Citing(self.document, self.doc_offset, max_sources=max_sources) if cite else None
+        return Answer(self.runner, suffix, with_turn_stops(gen, self.format), self.format.stop_strings(), citing)
 
     def stats(self, since: StatsMark, extra: dict | None = None) -> dict[str, Any]:
         return answer_stats(self.runner, self.document, self.read_seconds, since, extra)
@@ -340,23 +424,32 @@ class Summarizer:
         n_local = self.runner.config.n_local
         return plan_parts(doc, min_tokens=max(n_local // 2, 64), max_untitled_tokens=max(4 * n_local, 1024))
 
-    def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None) -> Iterator[str]:
+    def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None,
+             citing: Citing | None = None) -> Answer:
+        if citing is not None:
+            check_citable(self.runner)
+            citing.stream_offset = len(prefix)
         _, seconds = read_into(self.runner, prefix, body, on_progress)
         self.read_seconds += seconds
-        return generate_text(self.runner, suffix, with_turn_stops(gen, self.format), ())
+        return Answer(self.runner, suffix, with_turn_stops(gen, self.format), (), citing)
 
-    def whole(self, doc: DocumentTokens, kind: str, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
-        """One summary (``kind`` brief or detailed) of the whole document."""
+    def whole(self, doc: DocumentTokens, kind: str, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None,
+              *, cite: bool = False, max_sources: int = 5) -> Answer:
+        """One summary (``kind`` brief or detailed) of the whole document (with ``cite``, its sources)."""
         fmt = self.format
-        return self._run(fmt.summary_prefix(kind), doc.ids, fmt.summary_suffix(kind), gen, on_progress)
+        citing = Citing(doc, 0, max_sources=max_sources) if cite else None
+        return self._run(fmt.summary_prefix(kind), doc.ids, fmt.summary_suffix(kind), gen, on_progress, citing)
 
-    def part(self, doc: DocumentTokens, part: Part, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
-        """A summary of one part, read on its own into an emptied memory."""
+    def part(self, doc: DocumentTokens, part: Part, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None,
+             *, cite: bool = False, max_sources: int = 5) -> Answer:
+        """A summary of one part, read on its own into an emptied memory (with ``cite``, its sources)."""
         fmt = self.format
         title = part.title if part.titled else None
-        return self._run(fmt.summary_prefix("section", title), doc.ids[part.start : part.end], fmt.summary_suffix("section", title), gen, on_progress)
+        citing = Citing(doc, 0, part.start, part.end, max_sources) if cite else None
+        return self._run(fmt.summary_prefix("section", title), doc.ids[part.start : part.end],
+                         fmt.summary_suffix("section", title), gen, on_progress, citing)
 
-    def overall(self, pieces: Sequence[SummaryPiece], gen: GenerationConfig) -> Iterator[str]:
+    def overall(self, pieces: Sequence[SummaryPiece], gen: GenerationConfig) -> Answer:
         """An overall summary from the part summaries."""
         fmt = self.format
         text = "\n\n".join(f"## {p.title}\n{p.text.strip()}" for p in pieces)

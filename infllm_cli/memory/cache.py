@@ -27,6 +27,7 @@ from infllm_kernels.backend import Backend
 
 from ..config import MemoryConfig
 from .layer_memory import LayerMemory
+from .ledger import AttentionLedger
 from .rope import RotaryTable
 
 ATTENTION_NAME = "infllm"
@@ -169,6 +170,24 @@ class ContextMemory(Cache):
     def unpin(self) -> None:
         for m in self.memories:
             m.pin(None)
+
+    # citations --------------------------------------------------------------------------------------
+
+    def new_ledger(self) -> AttentionLedger:
+        """An empty :class:`~infllm_cli.memory.ledger.AttentionLedger` shaped for this memory's blocks."""
+        return AttentionLedger(self.config.n_init, self.config.block_size, self.memories[0].k_raw.device)
+
+    @contextlib.contextmanager
+    def citing(self, ledger: AttentionLedger) -> Iterator[AttentionLedger]:
+        """Add the attention every layer gives its window keys and retrieved blocks to ``ledger`` while
+        inside the block (the citing attention kernels run only then)."""
+        for m in self.memories:
+            m.ledger = ledger
+        try:
+            yield ledger
+        finally:
+            for m in self.memories:
+                m.ledger = None
 
     def blocks_of(self, start: int, end: int) -> list[int]:
         """Stored blocks that hold any token of the stream range ``[start, end)``."""

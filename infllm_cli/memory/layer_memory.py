@@ -29,7 +29,9 @@ its own).
 
 Answer-time state (not part of :meth:`LayerMemory.state_dict`, cleared by :meth:`LayerMemory.load_state_dict`):
 ``pinned`` blocks read by every chunk beside its own selection, ``question_scores`` accumulated while a
-question is being ranked, and an optional ``probe`` called with every selection (diagnostics).
+question is being ranked, an optional ``probe`` called with every selection (diagnostics), and an
+optional ``ledger`` (:class:`~infllm_cli.memory.ledger.AttentionLedger`) that, while attached, receives the
+attention each window key and each retrieved block got (citations; the citing kernel runs only then).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class LayerMemory:
         self.question_scores: torch.Tensor | None = None  # [Hkv, n] question mass per block
         self.scale = 1.0  # the attention's softmax scale, from the last attend()
         self.probe: Probe | None = None
+        self.ledger: Any = None  # AttentionLedger while citing
+        self.last_selection: torch.Tensor | None = None  # [Hkv, K] block indices of the last chunk
         cap = config.max_window + 1
         shape = (n_kv_heads, cap, head_dim)
         self.k_raw = torch.zeros(shape, dtype=dtype, device=device)
@@ -141,7 +145,12 @@ class LayerMemory:
         k_blocks, v_blocks, block_idx = self._retrieve(q_mem)
         args = (q_local, q_mem, self.k_rot[:, :hi], self.v[:, :hi], self.k_init, self.v_init,
                 k_blocks, v_blocks, block_idx, scale)
-        if self.keep_blocks:  # attention mass only matters for choosing representative keys
+        if self.ledger is not None:  # citing: the same attention, plus the mass of every retrieved block
+            out, mass, block_mass = self.backend.attention_with_citations(*args)
+            if self.keep_blocks:
+                self.mass[:hi] += mass
+            self.ledger.add(self.local_start, mass, block_mass, self.last_selection, q.shape[0] * n_new)
+        elif self.keep_blocks:  # attention mass only matters for choosing representative keys
             out, mass = self.backend.attention_and_mass(*args)
             self.mass[:hi] += mass
         else:
@@ -154,10 +163,12 @@ class LayerMemory:
         n_kv = self.k_raw.shape[0]
         if not self.keep_blocks or store.n_blocks == 0:
             idx = torch.zeros((n_kv, 0), dtype=torch.long, device=q_mem.device)
+            self.last_selection = idx
         else:
             if self.question_scores is not None:
                 self._rank_question(q_mem)
             idx = self.selector.select(q_mem, store, self.pinned)
+            self.last_selection = idx
             if self.probe is not None:
                 self.probe(self, q_mem, idx)
         return store.device_blocks(idx)

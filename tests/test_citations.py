@@ -1,0 +1,192 @@
+"""Citations: the token-to-span map, the attention ledger, and answers whose top source is the planted fact.
+
+* the span map: any token range of a text file (cut into several tokenized pieces), a 40-page PDF and a
+  repository directory maps to the right lines / page / file, and survives ``to_dict`` -> JSON -> ``from_dict``;
+* the ledger: the torch and Triton backends (interpreter on CPU) record the same attention per passage;
+* end to end with the recall test model (tests/models/recall-byte256, a byte-level Llama that copies a
+  pass key from its context): the top source of the answer is the passage holding the planted fact in at
+  least 90% of trials over seeds and depths, the fact being far outside the local window (micro preset).
+  The model was trained on single-line text only: a newline anywhere in the context breaks its copying
+  (measured: 2 of 9 answers right even with the evidence blocks forced into the selection), so the planted
+  documents here are single-line texts, and page / file / line mapping is checked on the span map alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from infllm_cli.config import GenerationConfig, preset, with_selection
+from infllm_cli.recall import _PROSE_WORDS, make_key
+from infllm_cli.sources import open_source
+from infllm_cli.spanmap import SpanMap
+from infllm_cli.tokens import HFEncoder, read_tokens
+
+from .sources.factories import reportlab_pdf, write_tree
+
+RECALL_MODEL = Path(__file__).resolve().parent / "models" / "recall-byte256"
+MICRO = with_selection(preset("micro"), "default")
+
+
+@pytest.fixture(scope="module")
+def byte_tokenizer():
+    if not (RECALL_MODEL / "tokenizer.json").exists():
+        pytest.skip("recall test model absent")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(RECALL_MODEL))
+
+
+@pytest.fixture(scope="module")
+def recall_model():
+    if not (RECALL_MODEL / "model.safetensors").exists():
+        pytest.skip("recall test model absent")
+    from infllm_cli.models import load_model
+
+    return load_model(str(RECALL_MODEL), device="cpu", dtype="float32")
+
+
+def prose(rng: random.Random, n: int) -> list[str]:
+    w = _PROSE_WORDS
+    return [f"{rng.choice(w['subject'])} {rng.choice(w['verb'])} {rng.choice(w['object'])} {rng.choice(w['tail'])}"
+            for _ in range(n)]
+
+
+# -- span map ---------------------------------------------------------------------------------------
+
+
+def test_text_lines_map_back_across_pieces(tmp_path, byte_tokenizer):
+    text = "".join(f"line {i} " + "x" * (i % 37) + "\n" for i in range(1, 401))
+    path = tmp_path / "long.txt"
+    path.write_text(text)
+    doc = read_tokens(open_source(str(path)), HFEncoder(byte_tokenizer), piece_chars=997)  # many pieces
+    assert doc.count == len(text)  # one token per byte
+    rng = random.Random(0)
+    for _ in range(200):
+        a = rng.randrange(doc.count)
+        b = min(doc.count, a + rng.randint(1, 300))
+        locs = doc.locate(a, b)
+        assert len(locs) == 1, locs
+        loc = locs[0]
+        assert loc.tokens == (a, b) and loc.path == str(path) and loc.page is None
+        assert loc.line_start == text.count("\n", 0, a) + 1
+        assert loc.line_end == text.count("\n", 0, b - 1) + 1
+
+
+def test_pdf_pages_and_directory_files_map_back(tmp_path, byte_tokenizer):
+    pages = [[f"Page {p} says {w}." for w in prose(random.Random(p), 3)] for p in range(1, 41)]
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(reportlab_pdf(pages))
+    doc = read_tokens(open_source(str(pdf)), HFEncoder(byte_tokenizer))
+    text = byte_tokenizer.decode(list(doc.ids))
+    for p in (1, 7, 23, 40):
+        at = text.index(f"Page {p} says")
+        locs = doc.locate(at, at + 20)
+        assert [(loc.path, loc.page) for loc in locs] == [(str(pdf), p)]
+    # a range across a page break is split at it
+    at = text.index("Page 12 says")
+    assert [loc.page for loc in doc.locate(at - 5, at + 5)] == [11, 12]
+
+    files = {f"src/mod_{i}.py": "".join(f"value_{i}_{j} = {j}\n" for j in range(30)) for i in range(8)}
+    root = write_tree(tmp_path / "repo", files)
+    doc = read_tokens(open_source(str(root)), HFEncoder(byte_tokenizer))
+    text = byte_tokenizer.decode(list(doc.ids))
+    for i in (0, 3, 7):
+        at = text.index(f"value_{i}_17 = 17")
+        (loc,) = doc.locate(at, at + 5)
+        assert loc.path == f"src/mod_{i}.py" and loc.line_start == loc.line_end == 18
+
+
+def test_span_map_round_trips_through_json(tmp_path, byte_tokenizer):
+    path = tmp_path / "a.md"
+    path.write_text("# One\n" + "alpha\n" * 50 + "# Two\n" + "beta\n" * 50)
+    doc = read_tokens(open_source(str(path)), HFEncoder(byte_tokenizer), piece_chars=128)
+    again = SpanMap.from_dict(json.loads(json.dumps(doc.span_map.to_dict())))
+    for a in range(0, doc.count, 37):
+        assert again.locate(a, a + 50) == doc.span_map.locate(a, a + 50)
+    assert {loc.section for loc in doc.locate(0, doc.count)} == {"One", "Two"}
+
+
+# -- ledger and end to end ---------------------------------------------------------------------------
+
+
+def planted_document(tmp_path: Path, seed: int, depth: float, n_sentences: int = 80) -> tuple[Path, str, str]:
+    """A single-line text (~4.5K bytes) with a pass key planted at ``depth``; (path, key, the fact)."""
+    rng = random.Random(seed)
+    sentences = prose(rng, n_sentences)
+    key = make_key(rng, "digits")
+    fact = f"The pass key is {key}. Remember it. {key} is the pass key."
+    sentences.insert(int(depth * n_sentences), fact)
+    path = tmp_path / f"doc_{seed}_{depth}.txt"
+    path.write_text(" ".join(sentences) + "\n")
+    return path, key, fact
+
+
+def ask_with_sources(loaded, path: Path, backend: str = "torch", max_new_tokens: int = 6):
+    from infllm_cli.cli.session import Answer, Citing, DocumentSession, read_document
+    from infllm_cli.runner import Runner
+
+    tok = loaded.tokenizer
+    doc = read_document(open_source(str(path)), tok)
+    session = DocumentSession(Runner(loaded, MICRO, backend=backend))
+    session.read(doc)
+    prompt = tok(" What is the pass key? The pass key is", add_special_tokens=False)["input_ids"]
+    answer = Answer(session.runner, prompt, GenerationConfig(max_new_tokens=max_new_tokens), (),
+                    Citing(doc, session.doc_offset))
+    return doc, "".join(answer), answer
+
+
+def test_top_source_is_the_planted_fact(tmp_path, recall_model):
+    """Whenever the answer is right, its top source is the passage holding the fact (>= 90% of those
+    trials; measured 7 of 7). When the model fails to copy (2 of 9 here: the selection missed, or the model
+    did), the top source is elsewhere -- that is what a reader should see then, and it is not counted."""
+    torch.set_num_threads(1)
+    right = hits = trials = 0
+    for seed in range(3):
+        for depth in (0.15, 0.5, 0.8):
+            path, key, fact = planted_document(tmp_path, seed, depth)
+            doc, text, answer = ask_with_sources(recall_model, path)
+            start = path.read_text().index(fact)  # one token per byte
+            top = answer.sources[0]
+            trials += 1
+            assert 0 < top.score <= 1 and sum(s.score for s in answer.sources) <= 1 + 1e-6
+            assert len(answer.sources) <= 5
+            if key in text:
+                right += 1
+                hits += top.tokens[0] < start + len(fact) and start < top.tokens[1]  # the passage holds the fact
+    assert right >= 0.6 * trials, (right, trials)  # the model copies (else this test measures nothing)
+    assert hits >= 0.9 * right, (hits, right, trials)
+
+
+def test_backends_record_the_same_attention(tmp_path, recall_model):
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not torch.cuda.is_available():
+        pytest.skip("triton needs the interpreter on CPU")
+    path, _, _ = planted_document(tmp_path, 5, 0.3, n_sentences=8)  # ~600 bytes, 14 blocks: the interpreter is slow
+    _, text_t, ans_t = ask_with_sources(recall_model, path, "torch", max_new_tokens=2)
+    _, text_k, ans_k = ask_with_sources(recall_model, path, "triton", max_new_tokens=2)
+    assert ans_t._ledger.units.sum() > 0
+    assert text_t == text_k
+    lt, lk = ans_t._ledger, ans_k._ledger
+    n = min(lt.units.shape[0], lk.units.shape[0])
+    assert lt.rows == lk.rows
+    torch.testing.assert_close(lk.units[:n], lt.units[:n], rtol=1e-3, atol=1e-3)
+    assert [s.tokens for s in ans_t.sources] == [s.tokens for s in ans_k.sources]
+
+
+def test_no_citing_no_ledger(tmp_path, recall_model):
+    """Without citations the plain kernels run and nothing is recorded."""
+    from infllm_cli.cli.session import DocumentSession, read_document
+    from infllm_cli.runner import Runner
+
+    path, _, _ = planted_document(tmp_path, 1, 0.5, n_sentences=10)
+    session = DocumentSession(Runner(recall_model, MICRO, backend="torch"))
+    session.read(read_document(open_source(str(path)), recall_model.tokenizer))
+    answer = session.ask("What is the pass key?", GenerationConfig(max_new_tokens=2))
+    "".join(answer)
+    assert answer.sources == [] and answer._ledger is None
+    assert all(m.ledger is None for m in session.runner.cache.memories)
