@@ -12,6 +12,10 @@ Nothing here prints: answers are produced as iterators of text deltas, progress 
 >>> session.read(doc)                                     # the document streams in once
 >>> print("".join(session.ask("Who betrays the captain?", GenerationConfig())))
 >>> print("".join(session.ask("Where does it end?", GenerationConfig())))   # same read, independent
+
+With ``cache=MemoryCache()`` (:mod:`infllm_cli.persist`) the memory is saved after the read and loaded
+(or extended, for a document that grew) the next time the same document is read with the same model and
+memory configuration; ``session.outcome`` says which happened.
 """
 
 from __future__ import annotations
@@ -109,16 +113,25 @@ def with_turn_stops(gen: GenerationConfig, fmt: PromptFormat) -> GenerationConfi
     return dataclasses.replace(gen, stop_token_ids=tuple(gen.stop_token_ids) + extra) if extra else gen
 
 
-def read_into(runner: Any, prefix: Sequence[int], body: Any, on_progress: Callable[[int], None] | None) -> tuple[int, float]:
+def read_into(runner: Any, prefix: Sequence[int], body: Any, on_progress: Callable[[int], None] | None,
+              cache: Any = None, *, document: Any = None, refresh: bool = False) -> tuple[int, float, Any]:
     """Empty the runner's memory and stream ``prefix`` then ``body`` into it.
 
-    ``on_progress`` sees the body's tokens fed so far, counting the prefix. Returns (tokens fed, seconds).
+    ``on_progress`` sees the body's tokens fed so far, counting the prefix. With a
+    :class:`~infllm_cli.persist.MemoryCache` (and a runner with a context memory) the read goes through it
+    (:class:`~infllm_cli.persist.CachedRead`): loaded, extended from a saved prefix, or built and saved.
+    Returns (tokens fed, seconds, :class:`~infllm_cli.persist.ReadOutcome` or None without a cache).
     """
+    if cache is not None and runner.attention != "dense":
+        from ..persist import CachedRead
+
+        outcome = CachedRead(runner, cache, prefix, body, document=document, refresh=refresh).run(on_progress)
+        return outcome.tokens_read, outcome.seconds, outcome
     runner.reset()
     start = time.perf_counter()
     base = runner.feed(prefix) if prefix else 0
     fed = base + runner.feed(body, (lambda n: on_progress(base + n)) if on_progress else None)
-    return fed, time.perf_counter() - start
+    return fed, time.perf_counter() - start, None
 
 
 # -- stats -------------------------------------------------------------------------------------------
@@ -164,7 +177,19 @@ def answer_stats(runner: Any, doc: DocumentTokens | None, read_seconds: float, s
         }
     if extra:
         out.update(extra)
+        if (extra.get("memory_cache") or {}).get("how") in ("loaded", "extended"):
+            out["prefill_tokens_per_second"] = None  # the memory was (mostly) loaded, not read
     return out
+
+
+def cache_stats(outcome: Any, extra: dict | None) -> dict | None:
+    """``extra`` plus a ``memory_cache`` entry describing a read through the cache."""
+    if outcome is None:
+        return extra
+    info = {"how": outcome.how, "tokens_reused": outcome.tokens_reused, "tokens_read": outcome.tokens_read,
+            "seconds": round(outcome.seconds, 4), "bytes": outcome.entry_bytes, "entry": outcome.entry_id,
+            "saved_seconds": None if outcome.saved_seconds is None else round(outcome.saved_seconds, 3)}
+    return dict(extra or {}, memory_cache=info)
 
 
 # -- questions ---------------------------------------------------------------------------------------
@@ -178,6 +203,9 @@ class DocumentSession:
     format: PromptFormat | None = None
     document: DocumentTokens | None = None
     read_seconds: float = 0.0
+    cache: Any = None  # a persist.MemoryCache: save the memory after reading, reuse it next time
+    refresh: bool = False  # with a cache: read again and replace the saved memory
+    outcome: Any = None  # persist.ReadOutcome of the last read through the cache
     _snapshot: Any = None
     _used: bool = False
 
@@ -188,7 +216,8 @@ class DocumentSession:
     def read(self, document: DocumentTokens, on_progress: Callable[[int], None] | None = None) -> int:
         """Reset the memory, stream the question prefix and the document in, and remember that state."""
         prefix = self.format.qa_prefix()
-        fed, self.read_seconds = read_into(self.runner, prefix, document.ids, on_progress)
+        fed, self.read_seconds, self.outcome = read_into(self.runner, prefix, document.ids, on_progress, self.cache,
+                                                         document=document, refresh=self.refresh)
         log.debug("document read: %d tokens fed (prefix %d) in %.2fs", fed, len(prefix), self.read_seconds)
         self.document = document
         self._snapshot = self.runner.snapshot()
@@ -206,7 +235,7 @@ class DocumentSession:
         return generate_text(self.runner, suffix, with_turn_stops(gen, self.format), self.format.stop_strings())
 
     def stats(self, since: StatsMark, extra: dict | None = None) -> dict[str, Any]:
-        return answer_stats(self.runner, self.document, self.read_seconds, since, extra)
+        return answer_stats(self.runner, self.document, self.read_seconds, since, cache_stats(self.outcome, extra))
 
 
 # -- summaries ---------------------------------------------------------------------------------------
@@ -315,6 +344,9 @@ class Summarizer:
     encoder: Encoder | None = None
     pieces: list[SummaryPiece] = field(default_factory=list)
     read_seconds: float = 0.0
+    cache: Any = None  # a persist.MemoryCache for the reads of the whole document and of each part
+    refresh: bool = False
+    outcomes: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.format is None:
@@ -335,21 +367,24 @@ class Summarizer:
         n_local = self.runner.config.n_local
         return plan_parts(doc, min_tokens=max(n_local // 2, 64), max_untitled_tokens=max(4 * n_local, 1024))
 
-    def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None) -> Iterator[str]:
-        _, seconds = read_into(self.runner, prefix, body, on_progress)
+    def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None,
+             cache: Any = None, document: Any = None) -> Iterator[str]:
+        _, seconds, outcome = read_into(self.runner, prefix, body, on_progress, cache, document=document, refresh=self.refresh)
         self.read_seconds += seconds
+        if outcome is not None:
+            self.outcomes.append(outcome)
         return generate_text(self.runner, suffix, with_turn_stops(gen, self.format), ())
 
     def whole(self, doc: DocumentTokens, kind: str, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
         """One summary (``kind`` brief or detailed) of the whole document."""
         fmt = self.format
-        return self._run(fmt.summary_prefix(kind), doc.ids, fmt.summary_suffix(kind), gen, on_progress)
+        return self._run(fmt.summary_prefix(kind), doc.ids, fmt.summary_suffix(kind), gen, on_progress, self.cache, doc)
 
     def part(self, doc: DocumentTokens, part: Part, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
         """A summary of one part, read on its own into an emptied memory."""
         fmt = self.format
         title = part.title if part.titled else None
-        return self._run(fmt.summary_prefix("section", title), doc.ids[part.start : part.end], fmt.summary_suffix("section", title), gen, on_progress)
+        return self._run(fmt.summary_prefix("section", title), doc.ids[part.start : part.end], fmt.summary_suffix("section", title), gen, on_progress, self.cache)
 
     def overall(self, pieces: Sequence[SummaryPiece], gen: GenerationConfig) -> Iterator[str]:
         """An overall summary from the part summaries."""
