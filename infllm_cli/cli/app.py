@@ -22,6 +22,7 @@ from ..progress import Reporter
 from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
 from ..tokens import UNIT_NAMES, DocumentTokens, HFEncoder, describe_source, load_tokenizer, read_tokens
+from .cache_cmd import cache_app
 from .eval_cmd import eval_app
 from .options import STYLES, Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
@@ -59,6 +60,7 @@ app = typer.Typer(
 )
 
 app.add_typer(eval_app, name="eval")
+app.add_typer(cache_app, name="cache")
 
 
 def _version(value: bool) -> None:
@@ -192,6 +194,8 @@ def feed_document(session: Any, prep: Prepared) -> None:
     with prep.reporter.task("prefill", total=total) as update:
         session.read(prep.doc, on_progress=lambda n: update(min(n, total)))
     log.debug("prefill: %s document tokens in %.2f s", f"{total:,}", session.read_seconds)
+    if session.outcome is not None:
+        log.info("%s", session.outcome.describe())
 
 
 def open_session(source: str, opts: Options, reporter: Reporter) -> tuple[Prepared, Any, Any]:
@@ -199,8 +203,9 @@ def open_session(source: str, opts: Options, reporter: Reporter) -> tuple[Prepar
     from .session import DocumentSession
 
     prep = prepare(source, opts, reporter)
+    cache = opts.memory_cache()
     runner = load_runner(prep)
-    session = DocumentSession(runner)
+    session = DocumentSession(runner, cache=cache, refresh=opts.refresh)
     feed_document(session, prep)
     return prep, runner, session
 
@@ -224,7 +229,7 @@ SourceArg = Annotated[str, typer.Argument(metavar="SOURCE", help="File, director
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "output", "cache")
 def ask(
     source: SourceArg,
     question: Annotated[Optional[str], typer.Argument(metavar="QUESTION", help="The question.", show_default=False)] = None,
@@ -262,7 +267,7 @@ def ask(
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "output", "cache")
 def summarize(
     source: SourceArg,
     style: Annotated[str, typer.Option("--style", metavar="STYLE", help="brief: one overall summary; detailed: one thorough summary, or per section when the source is longer than the local window; sections: a summary per section (PDF outline, headings, files) then an overall one.", callback=lambda v: _check_style(v))] = "brief",
@@ -280,8 +285,9 @@ def summarize(
         prep = prepare(source, opts, reporter)
         from .session import StatsMark, SummaryPiece, Summarizer, answer_stats
 
+        cache = opts.memory_cache()
         runner = load_runner(prep)
-        summ = Summarizer(runner)
+        summ = Summarizer(runner, cache=cache, refresh=opts.refresh)
         doc = prep.doc
         mark = StatsMark.of(runner)
         sections: list[dict[str, Any]] = []
@@ -307,6 +313,8 @@ def summarize(
             kind = "brief" if style == "brief" else "detailed"  # `sections` of a single section: one thorough summary
             with reporter.task("prefill", total=doc.count) as update:
                 deltas = summ.whole(doc, kind, prep.gen, on_progress=lambda n: update(min(n, doc.count)))
+            if summ.outcomes:
+                log.info("%s", summ.outcomes[-1].describe())
             overall = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
         if to_stdout:
             emit("\n")
@@ -323,7 +331,7 @@ def _check_style(value: str) -> str:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "output", "cache")
 def chat(
     source: SourceArg,
     independent: Annotated[bool, typer.Option("--independent", help="Answer each question on its own, without the earlier turns.")] = False,
