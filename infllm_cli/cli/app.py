@@ -202,8 +202,8 @@ def open_session(source: str, opts: Options, reporter: Reporter) -> tuple[Prepar
     """Read SOURCE, load the model and stream the document in once: (prepared input, runner, session)."""
     from .session import DocumentSession
 
-    prep = prepare(source, opts, reporter)
     cache = opts.memory_cache()
+    prep = prepare(source, opts, reporter)
     runner = load_runner(prep)
     session = DocumentSession(runner, cache=cache, refresh=opts.refresh)
     feed_document(session, prep)
@@ -282,10 +282,10 @@ def summarize(
     """
     with handle_errors(opts):
         reporter = start(opts)
+        cache = opts.memory_cache()
         prep = prepare(source, opts, reporter)
         from .session import StatsMark, SummaryPiece, Summarizer, answer_stats
 
-        cache = opts.memory_cache()
         runner = load_runner(prep)
         summ = Summarizer(runner, cache=cache, refresh=opts.refresh)
         doc = prep.doc

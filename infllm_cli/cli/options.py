@@ -140,14 +140,6 @@ def _size(text: Optional[str]) -> Optional[int]:
         raise UsageError(f"--max-cache-size: {exc}") from None
 
 
-def _check_size(value: Optional[str]) -> Optional[str]:
-    try:
-        _size(value)
-    except UsageError as exc:
-        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
-    return value
-
-
 def auto_preset(model_config: Any) -> str:
     """The largest preset whose whole window (initial tokens + local window) fits in the context length
     the model was trained on (``max_position_embeddings``); ``paper`` when that is unknown."""
@@ -215,7 +207,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
 _GROUPS["cache"] = [
     ("cache", bool, typer.Option("--cache/--no-cache", help="Reuse the memory saved by an earlier read of the same document with the same model and memory settings, and save it after a read (see `infllm cache`).", rich_help_panel=P_CACHE)),
     ("refresh", bool, typer.Option("--refresh", help="Read the document again and replace its saved memory.", rich_help_panel=P_CACHE)),
-    ("max_cache_size", Optional[str], typer.Option("--max-cache-size", metavar="SIZE", help="Size budget of the memory cache (e.g. 2G, 500M); least recently used memories are removed beyond it. Default: $INFLLM_MAX_CACHE_SIZE, else 10% of the free disk space, at most 50 GiB.", callback=_check_size, rich_help_panel=P_CACHE, show_default=False)),
+    ("max_cache_size", Optional[str], typer.Option("--max-cache-size", metavar="SIZE", help="Size budget of the memory cache (e.g. 2G, 500M); least recently used memories are removed beyond it. Default: $INFLLM_MAX_CACHE_SIZE, else 10% of the free disk space, at most 50 GiB.", rich_help_panel=P_CACHE, show_default=False)),
 ]
 
 _DEFAULTS = {f.name: f.default for f in fields(Options)}
