@@ -306,3 +306,22 @@ def test_no_pickle_in_the_code_base():
             offenders.append(str(path.relative_to(root)))
         offenders += [f"{path.relative_to(root)}: torch.load({m.group(1)})" for m in torch_load.finditer(text) if "weights_only=True" not in m.group(1)]
     assert offenders == []
+
+
+def test_summaries_reuse_the_memory_of_the_whole_document_and_of_each_part(loaded, tmp_path):
+    from infllm_cli.cli.session import Summarizer, read_document
+    from infllm_cli.sources import open_source
+
+    text = tmp_path / "doc.md"
+    text.write_text("".join(f"# Part {i}\n\n" + "the ship sailed to the harbour. " * 40 + "\n\n" for i in range(3)))
+    doc = read_document(open_source(str(text)), loaded.tokenizer)
+    gen = GenerationConfig(max_new_tokens=8)
+    cache = MemoryCache(tmp_path / "cache")
+    results = []
+    for _ in range(2):
+        summ = Summarizer(Runner(loaded, CFG, backend="torch"), cache=cache)
+        whole = "".join(summ.whole(doc, "brief", gen))
+        parts = ["".join(summ.part(doc, p, gen)) for p in summ.plan(doc)]
+        results.append((whole, parts, [o.how for o in summ.outcomes]))
+    assert results[0][:2] == results[1][:2]
+    assert set(results[0][2]) == {"built"} and set(results[1][2]) == {"loaded"}

@@ -318,7 +318,10 @@ def summarize(
             overall = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
         if to_stdout:
             emit("\n")
-        stats = answer_stats(runner, doc, summ.read_seconds, mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name})
+        extra = {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name}
+        if summ.outcomes:
+            extra["memory_cache_reads"] = {how: sum(o.how == how for o in summ.outcomes) for how in ("loaded", "extended", "built")}
+        stats = answer_stats(runner, doc, summ.read_seconds, mark, extra)
         if opts.json:
             emit_json({"source": doc.name, "style": style, "summary": overall, "sections": sections, "stats": stats})
         log.info("%s", stats_line(stats))
