@@ -325,3 +325,13 @@ def test_summaries_reuse_the_memory_of_the_whole_document_and_of_each_part(loade
         results.append((whole, parts, [o.how for o in summ.outcomes]))
     assert results[0][:2] == results[1][:2]
     assert set(results[0][2]) == {"built"} and set(results[1][2]) == {"loaded"}
+
+
+def test_an_unusable_cache_directory_reads_without_it(loaded, tmp_path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    with caplog.at_level(logging.WARNING, logger="infllm"):
+        runner, out = cached(loaded, MemoryCache(blocker), body(200))
+    assert out.how == "built" and out.entry_id is None and "not usable" in out.describe()
+    assert [r for r in caplog.records if "not usable" in r.getMessage()]
+    same_state(runner, full_read(loaded, body(200)))

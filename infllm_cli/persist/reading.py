@@ -137,8 +137,11 @@ class CachedRead:
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(self.cache.lock(self.entry_id, exclusive=True, wait=self.refresh))
+            except OSError as exc:  # e.g. the cache directory cannot be created or written
+                log.warning("memory cache %s is not usable (%s); reading without it", self.cache.root, one_line(exc, 160))
+                return self._build(None, on_progress, save=False, note="memory cache not usable")
             except LockBusy:
-                log.info("another infllm process is reading this document into the cache; waiting for it")
+                log.warning("another infllm process is reading this document into the cache; waiting for it")
                 with self.cache.lock(self.entry_id, exclusive=False):
                     out = self._load_exact(owner=False)
                 if out is not None:
