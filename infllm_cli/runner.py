@@ -175,13 +175,17 @@ class Runner:
         """Feed one chunk; only the last position's logits are computed."""
         self.forward(ids, logits_to_keep=1)
 
-    def feed(self, tokens: Iterable[int], on_progress: Callable[[int], None] | None = None) -> int:
-        """Stream ``tokens`` into the memory chunk by chunk; returns how many were fed."""
+    def feed(self, tokens: Iterable[int], on_progress: Callable[[int], None] | None = None,
+             after_chunk: Callable[[], None] | None = None) -> int:
+        """Stream ``tokens`` into the memory chunk by chunk; returns how many were fed. ``after_chunk`` is
+        called after every prefill chunk (e.g. to take checkpoints of the memory)."""
         fed = 0
         start = time.perf_counter()
         for chunk in self.chunks(tokens):
             self.prefill(chunk)
             fed += len(chunk)
+            if after_chunk is not None:
+                after_chunk()
             if on_progress is not None:
                 on_progress(fed)
         self.stats.tokens_read += fed

@@ -53,3 +53,12 @@ def stories_dir() -> Path:
     if not (STORIES / "model.safetensors").exists():
         pytest.skip(f"real checkpoint not available: {STORIES} is absent (it lives in ../shared/models beside the checkout)")
     return STORIES
+
+
+@pytest.fixture(autouse=True)
+def _isolated_memory_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and the CLI processes it starts) gets its own empty memory cache, never ~/.cache/infllm."""
+    root = tmp_path_factory.mktemp("memory-cache")
+    monkeypatch.setenv("INFLLM_CACHE_DIR", str(root))
+    monkeypatch.delenv("INFLLM_MAX_CACHE_SIZE", raising=False)
+    return root

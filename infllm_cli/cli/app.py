@@ -22,6 +22,7 @@ from ..progress import Reporter
 from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
 from ..tokens import UNIT_NAMES, DocumentTokens, HFEncoder, describe_source, load_tokenizer, read_tokens
+from .cache_cmd import cache_app
 from .eval_cmd import eval_app
 from .options import STYLES, Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
@@ -60,6 +61,7 @@ app = typer.Typer(
 )
 
 app.add_typer(eval_app, name="eval")
+app.add_typer(cache_app, name="cache")
 
 
 def _version(value: bool) -> None:
@@ -217,15 +219,18 @@ def feed_document(session: Any, prep: Prepared) -> None:
     with prep.reporter.task("prefill", total=total) as update:
         session.read(prep.doc, on_progress=lambda n: update(min(n, total)))
     log.debug("prefill: %s document tokens in %.2f s", f"{total:,}", session.read_seconds)
+    if session.outcome is not None:
+        log.info("%s", session.outcome.describe())
 
 
 def open_session(source: str, opts: Options, reporter: Reporter) -> tuple[Prepared, Any, Any]:
     """Read SOURCE, load the model and stream the document in once: (prepared input, runner, session)."""
     from .session import DocumentSession
 
+    cache = opts.memory_cache()
     prep = prepare(source, opts, reporter)
     runner = load_runner(prep)
-    session = DocumentSession(runner)
+    session = DocumentSession(runner, cache=cache, refresh=opts.refresh)
     feed_document(session, prep)
     return prep, runner, session
 
@@ -262,7 +267,7 @@ SourceArg = Annotated[str, typer.Argument(metavar="SOURCE", help="File, director
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output", "cache")
 def ask(
     source: SourceArg,
     question: Annotated[Optional[str], typer.Argument(metavar="QUESTION", help="The question.", show_default=False)] = None,
@@ -302,7 +307,7 @@ def ask(
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output", "cache")
 def summarize(
     source: SourceArg,
     style: Annotated[str, typer.Option("--style", metavar="STYLE", help="brief: one overall summary; detailed: one thorough summary, or per section when the source is longer than the local window; sections: a summary per section (PDF outline, headings, files) then an overall one.", callback=lambda v: _check_style(v))] = "brief",
@@ -317,11 +322,12 @@ def summarize(
     """
     with handle_errors(opts):
         reporter = start(opts)
+        cache = opts.memory_cache()
         prep = prepare(source, opts, reporter)
         from .session import StatsMark, SummaryPiece, Summarizer, answer_stats
 
         runner = load_runner(prep)
-        summ = Summarizer(runner)
+        summ = Summarizer(runner, cache=cache, refresh=opts.refresh)
         doc = prep.doc
         mark = StatsMark.of(runner)
         sections: list[dict[str, Any]] = []
@@ -352,12 +358,17 @@ def summarize(
             with reporter.task("prefill", total=doc.count) as update:
                 deltas = summ.whole(doc, kind, prep.gen, on_progress=lambda n: update(min(n, doc.count)),
                                     cite=opts.cite, max_sources=opts.max_sources)
+            if summ.outcomes:
+                log.info("%s", summ.outcomes[-1].describe())
             overall = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
         if to_stdout:
             emit("\n")
         if not sections:
             sources = emit_sources(deltas, opts)
-        stats = answer_stats(runner, doc, summ.read_seconds, mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name})
+        extra = {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name}
+        if summ.outcomes:
+            extra["memory_cache_reads"] = {how: sum(o.how == how for o in summ.outcomes) for how in ("loaded", "extended", "built")}
+        stats = answer_stats(runner, doc, summ.read_seconds, mark, extra)
         if opts.json:
             emit_json({"source": doc.name, "style": style, "summary": overall, "sources": sources, "sections": sections,
                        "stats": stats})
@@ -371,7 +382,7 @@ def _check_style(value: str) -> str:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output")
+@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output", "cache")
 def chat(
     source: SourceArg,
     independent: Annotated[bool, typer.Option("--independent", help="Answer each question on its own, without the earlier turns.")] = False,

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from ..errors import UsageError
 from ..config import ATTENTION_MODES, PRESETS, QUERY_MODES, BLOCK_SCORES, SELECTIONS, GenerationConfig, MemoryConfig, preset, with_selection
 
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N."
@@ -26,6 +27,7 @@ P_MODEL = "Model"
 P_MEMORY = "Context memory"
 P_GEN = "Generation"
 P_IO = "Input and output"
+P_CACHE = "Memory cache"
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[Optional[str]], Optional[str]]:
@@ -84,6 +86,10 @@ class Options:
     quiet: bool = False
     verbose: bool = False
     debug: bool = False
+    # memory cache
+    cache: bool = True
+    refresh: bool = False
+    max_cache_size: Optional[str] = None
 
     def memory_config(self, model_config: Any = None) -> tuple[MemoryConfig, str]:
         """The preset (``auto``: chosen from the model's trained context length) with the knobs applied.
@@ -117,8 +123,29 @@ class Options:
         )
         return config, name
 
+    def memory_cache(self) -> Any:
+        """The :class:`~infllm_cli.persist.MemoryCache` to read through, or None with ``--no-cache``."""
+        if not self.cache:
+            if self.refresh:
+                raise UsageError("--refresh rebuilds the cached memory: it cannot be combined with --no-cache")
+            return None
+        from ..persist import MemoryCache
+
+        return MemoryCache(max_bytes=_size(self.max_cache_size))
+
     def generation_config(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+
+def _size(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    from ..persist.store import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--max-cache-size: {exc}") from None
 
 
 def auto_preset(model_config: Any) -> str:
@@ -193,6 +220,12 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("debug", bool, typer.Option("--debug", help="Debug logging, and tracebacks for errors.", rich_help_panel=P_IO)),
     ],
 }
+
+_GROUPS["cache"] = [
+    ("cache", bool, typer.Option("--cache/--no-cache", help="Reuse the memory saved by an earlier read of the same document with the same model and memory settings, and save it after a read (see `infllm cache`).", rich_help_panel=P_CACHE)),
+    ("refresh", bool, typer.Option("--refresh", help="Read the document again and replace its saved memory.", rich_help_panel=P_CACHE)),
+    ("max_cache_size", Optional[str], typer.Option("--max-cache-size", metavar="SIZE", help="Size budget of the memory cache (e.g. 2G, 500M); least recently used memories are removed beyond it. Default: $INFLLM_MAX_CACHE_SIZE, else 10% of the free disk space, at most 50 GiB.", rich_help_panel=P_CACHE, show_default=False)),
+]
 
 _DEFAULTS = {f.name: f.default for f in fields(Options)}
 

@@ -15,6 +15,10 @@ Nothing here prints: answers are produced as iterators of text deltas, progress 
 >>> answer = session.ask("Who betrays the captain?", GenerationConfig(), cite=True)
 >>> text = "".join(answer)                                 # generate; then
 >>> [s.location() for s in answer.sources]                # the passages it attended to most
+
+With ``cache=MemoryCache()`` (:mod:`infllm_cli.persist`) the memory is saved after the read and loaded
+(or extended, for a document that grew) the next time the same document is read with the same model and
+memory configuration; ``session.outcome`` says which happened.
 """
 
 from __future__ import annotations
@@ -117,18 +121,27 @@ def with_turn_stops(gen: GenerationConfig, fmt: PromptFormat) -> GenerationConfi
     return dataclasses.replace(gen, stop_token_ids=tuple(gen.stop_token_ids) + extra) if extra else gen
 
 
-def read_into(runner: Any, prefix: Sequence[int], body: Any, on_progress: Callable[[int], None] | None) -> tuple[int, float]:
+def read_into(runner: Any, prefix: Sequence[int], body: Any, on_progress: Callable[[int], None] | None,
+              cache: Any = None, *, document: Any = None, refresh: bool = False) -> tuple[int, float, Any]:
     """Empty the runner's memory and stream ``prefix`` then ``body`` into it.
 
-    ``on_progress`` sees the body's tokens fed so far, counting the prefix. Returns (tokens fed, seconds).
+    ``on_progress`` sees the body's tokens fed so far, counting the prefix. With a
+    :class:`~infllm_cli.persist.MemoryCache` (and a runner with a context memory) the read goes through it
+    (:class:`~infllm_cli.persist.CachedRead`): loaded, extended from a saved prefix, or built and saved.
+    Returns (tokens fed, seconds, :class:`~infllm_cli.persist.ReadOutcome` or None without a cache).
     """
+    if cache is not None and runner.attention != "dense":
+        from ..persist import CachedRead
+
+        outcome = CachedRead(runner, cache, prefix, body, document=document, refresh=refresh).run(on_progress)
+        return outcome.tokens_read, outcome.seconds, outcome
     runner.reset()
     if hasattr(body, "__len__"):  # room for the document, the question and the answer, allocated once
         runner.reserve(len(prefix) + len(body) + RESERVE_SLACK_TOKENS)
     start = time.perf_counter()
     base = runner.feed(prefix) if prefix else 0
     fed = base + runner.feed(body, (lambda n: on_progress(base + n)) if on_progress else None)
-    return fed, time.perf_counter() - start
+    return fed, time.perf_counter() - start, None
 
 
 @dataclass
@@ -246,7 +259,19 @@ def answer_stats(runner: Any, doc: DocumentTokens | None, read_seconds: float, s
         }
     if extra:
         out.update(extra)
+        if (extra.get("memory_cache") or {}).get("how") in ("loaded", "extended"):
+            out["prefill_tokens_per_second"] = None  # the memory was (mostly) loaded, not read
     return out
+
+
+def cache_stats(outcome: Any, extra: dict | None) -> dict | None:
+    """``extra`` plus a ``memory_cache`` entry describing a read through the cache."""
+    if outcome is None:
+        return extra
+    info = {"how": outcome.how, "tokens_reused": outcome.tokens_reused, "tokens_read": outcome.tokens_read,
+            "seconds": round(outcome.seconds, 4), "bytes": outcome.entry_bytes, "entry": outcome.entry_id,
+            "saved_seconds": None if outcome.saved_seconds is None else round(outcome.saved_seconds, 3)}
+    return dict(extra or {}, memory_cache=info)
 
 
 # -- questions ---------------------------------------------------------------------------------------
@@ -261,6 +286,9 @@ class DocumentSession:
     document: DocumentTokens | None = None
     read_seconds: float = 0.0
     doc_offset: int = 0  # stream position of the document's first token
+    cache: Any = None  # a persist.MemoryCache: save the memory after reading, reuse it next time
+    refresh: bool = False  # with a cache: read again and replace the saved memory
+    outcome: Any = None  # persist.ReadOutcome of the last read through the cache
     _snapshot: Any = None
     _used: bool = False
 
@@ -271,8 +299,9 @@ class DocumentSession:
     def read(self, document: DocumentTokens, on_progress: Callable[[int], None] | None = None) -> int:
         """Reset the memory, stream the question prefix and the document in, and remember that state."""
         prefix = self.format.qa_prefix()
-        fed, self.read_seconds = read_into(self.runner, prefix, document.ids, on_progress)
         self.doc_offset = len(prefix)
+        fed, self.read_seconds, self.outcome = read_into(self.runner, prefix, document.ids, on_progress, self.cache,
+                                                         document=document, refresh=self.refresh)
         log.debug("document read: %d tokens fed (prefix %d) in %.2fs", fed, len(prefix), self.read_seconds)
         self.document = document
         self._snapshot = self.runner.snapshot()
@@ -295,7 +324,7 @@ class DocumentSession:
         return Answer(self.runner, suffix, with_turn_stops(gen, self.format), self.format.stop_strings(), citing)
 
     def stats(self, since: StatsMark, extra: dict | None = None) -> dict[str, Any]:
-        return answer_stats(self.runner, self.document, self.read_seconds, since, extra)
+        return answer_stats(self.runner, self.document, self.read_seconds, since, cache_stats(self.outcome, extra))
 
 
 # -- summaries ---------------------------------------------------------------------------------------
@@ -404,6 +433,9 @@ class Summarizer:
     encoder: Encoder | None = None
     pieces: list[SummaryPiece] = field(default_factory=list)
     read_seconds: float = 0.0
+    cache: Any = None  # a persist.MemoryCache for the reads of the whole document and of each part
+    refresh: bool = False
+    outcomes: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.format is None:
@@ -425,12 +457,14 @@ class Summarizer:
         return plan_parts(doc, min_tokens=max(n_local // 2, 64), max_untitled_tokens=max(4 * n_local, 1024))
 
     def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None,
-             citing: Citing | None = None) -> Answer:
+             citing: Citing | None = None, cache: Any = None, document: Any = None) -> Answer:
         if citing is not None:
             check_citable(self.runner)
             citing.stream_offset = len(prefix)
-        _, seconds = read_into(self.runner, prefix, body, on_progress)
+        _, seconds, outcome = read_into(self.runner, prefix, body, on_progress, cache, document=document, refresh=self.refresh)
         self.read_seconds += seconds
+        if outcome is not None:
+            self.outcomes.append(outcome)
         return Answer(self.runner, suffix, with_turn_stops(gen, self.format), (), citing)
 
     def whole(self, doc: DocumentTokens, kind: str, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None,
@@ -438,7 +472,8 @@ class Summarizer:
         """One summary (``kind`` brief or detailed) of the whole document (with ``cite``, its sources)."""
         fmt = self.format
         citing = Citing(doc, 0, max_sources=max_sources) if cite else None
-        return self._run(fmt.summary_prefix(kind), doc.ids, fmt.summary_suffix(kind), gen, on_progress, citing)
+        return self._run(fmt.summary_prefix(kind), doc.ids, fmt.summary_suffix(kind), gen, on_progress, citing,
+                         self.cache, doc)
 
     def part(self, doc: DocumentTokens, part: Part, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None,
              *, cite: bool = False, max_sources: int = 5) -> Answer:
@@ -447,7 +482,7 @@ class Summarizer:
         title = part.title if part.titled else None
         citing = Citing(doc, 0, part.start, part.end, max_sources) if cite else None
         return self._run(fmt.summary_prefix("section", title), doc.ids[part.start : part.end],
-                         fmt.summary_suffix("section", title), gen, on_progress, citing)
+                         fmt.summary_suffix("section", title), gen, on_progress, citing, self.cache)
 
     def overall(self, pieces: Sequence[SummaryPiece], gen: GenerationConfig) -> Answer:
         """An overall summary from the part summaries."""

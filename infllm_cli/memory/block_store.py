@@ -18,6 +18,11 @@ With ``offload=True`` the keys and values live in host memory (pinned when the c
 the retrieved blocks are copied into a small device-side cache of ``max_cached_block`` slots, least
 recently used first out. Representative keys always stay on the compute device: they are scored for
 every query chunk.
+
+A store loaded from a saved memory (:meth:`BlockStore.load_state_dict` with ``share=True``) can keep the
+saved keys and values where they are (e.g. a memory-mapped file) as a read-only *base* of ``n_base``
+blocks; blocks appended later go to the growable buffers. Retrieval then gathers the selected blocks from
+base and tail (as with offload), so loading a large memory does not copy it into RAM.
 """
 
 from __future__ import annotations
@@ -57,7 +62,11 @@ class BlockStore:
         self.device = device
         self.offload = offload
         self.n_blocks = 0
+        self.n_base = 0  # blocks [0, n_base) live in the read-only base tensors (a loaded memory)
+        self._base_k: torch.Tensor | None = None
+        self._base_v: torch.Tensor | None = None
         storage = torch.device("cpu") if offload else device
+        self.storage = storage
         self._shape = (n_kv_heads, block_size, head_dim)
         pin = offload and device.type == "cuda"
         self.keys = torch.empty((0, *self._shape), dtype=dtype, device=storage, pin_memory=pin)
@@ -72,7 +81,7 @@ class BlockStore:
 
     @property
     def capacity(self) -> int:
-        return self.keys.shape[0]
+        return self.n_base + self.keys.shape[0]
 
     def reserve(self, n_blocks: int) -> None:
         """Make room for ``n_blocks`` blocks in all (one allocation instead of repeated growth)."""
@@ -83,21 +92,30 @@ class BlockStore:
         self._resize(max(needed, self.capacity + self.capacity // 2, 16))
 
     def _resize(self, new_cap: int) -> None:
-        for name in ("keys", "values", "repr_keys", "repr_sum", "bounds"):
-            old = getattr(self, name)
-            new = torch.empty((new_cap, *old.shape[1:]), dtype=old.dtype, device=old.device,
-                              pin_memory=old.is_pinned())
-            new[: self.n_blocks] = old[: self.n_blocks]
-            setattr(self, name, new)
+        """Room for ``new_cap`` blocks in all: the growable keys/values after the (read-only) base, and the
+        scoring tensors for every block."""
+        for names, used, have in ((("keys", "values"), self.n_blocks - self.n_base, self.keys.shape[0]),
+                                  (("repr_keys", "repr_sum", "bounds"), self.n_blocks, self.repr_keys.shape[0])):
+            want = new_cap - (self.n_base if names[0] == "keys" else 0)
+            if want <= have:
+                continue
+            for name in names:
+                old = getattr(self, name)
+                new = torch.empty((want, *old.shape[1:]), dtype=old.dtype, device=old.device,
+                                  pin_memory=old.is_pinned())
+                new[:used] = old[:used]
+                setattr(self, name, new)
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, repr_keys: torch.Tensor) -> None:
         """Append blocks. ``keys``/``values``: [n, Hkv, bs, D]; ``repr_keys``: [n, Hkv, R, D]."""
         n = keys.shape[0]
-        if self.n_blocks + n > self.capacity:
+        if self.n_blocks + n > self.capacity or self.n_blocks + n > self.repr_keys.shape[0]:
             self._grow(self.n_blocks + n)
         sl = slice(self.n_blocks, self.n_blocks + n)
-        self.keys[sl] = keys.to(self.keys.device, non_blocking=True)
-        self.values[sl] = values.to(self.values.device, non_blocking=True)
+        tail = slice(self.n_blocks - self.n_base, self.n_blocks - self.n_base + n)
+        # a blocking copy: a non-blocking device-to-host copy could still be in flight when it is read
+        self.keys[tail].copy_(keys)
+        self.values[tail].copy_(values)
         self.repr_keys[sl] = repr_keys
         self.repr_sum[sl] = repr_keys.float().sum(dim=2, keepdim=True).to(self.repr_sum.dtype)
         self.bounds[sl] = torch.cat([keys.amax(dim=2, keepdim=True), keys.amin(dim=2, keepdim=True)], dim=-1).to(
@@ -109,6 +127,9 @@ class BlockStore:
         if n_blocks > self.n_blocks:
             raise ValueError(f"cannot truncate a store of {self.n_blocks} blocks to {n_blocks}")
         self.n_blocks = n_blocks
+        if n_blocks < self.n_base:
+            self.n_base = n_blocks
+            self._base_k, self._base_v = self._base_k[:n_blocks], self._base_v[:n_blocks]
         if self.offload:
             for b in [b for b in self._slot_of if b >= n_blocks]:
                 del self._slot_of[b]
@@ -127,7 +148,9 @@ class BlockStore:
         has, e.g. when every KV head picks other blocks) and the indices are mapped to slots.
         """
         if not self.offload:
-            return self.keys, self.values, block_idx
+            if self.n_base == 0:
+                return self.keys, self.values, block_idx
+            return self._gather(block_idx)
         wanted = sorted({b for b in block_idx.flatten().tolist() if b >= 0})
         if len(wanted) > self._slots_k.shape[0]:
             extra = len(wanted) - self._slots_k.shape[0]
@@ -146,8 +169,9 @@ class BlockStore:
             else:  # evict the least recently used block not needed now
                 victim = next(v for v in self._slot_of if v not in needed)
                 slot = self._slot_of.pop(victim)
-            self._slots_k[slot].copy_(self.keys[b], non_blocking=True)
-            self._slots_v[slot].copy_(self.values[b], non_blocking=True)
+            k, v = self.block(b)
+            self._slots_k[slot].copy_(k, non_blocking=True)
+            self._slots_v[slot].copy_(v, non_blocking=True)
             self._slot_of[b] = slot
         lookup = torch.full((max(self.n_blocks, 1) + 1,), -1, dtype=torch.long)
         for b in wanted:
@@ -155,22 +179,69 @@ class BlockStore:
         idx = lookup[block_idx.cpu().long() + 1].to(self.device)  # -1 (empty) maps to -1
         return self._slots_k, self._slots_v, idx
 
-    def state_dict(self) -> dict[str, torch.Tensor | int]:
-        n = self.n_blocks
-        return {
-            "n_blocks": n,
-            "first_token": self.first_token,
-            "keys": self.keys[:n].cpu(),
-            "values": self.values[:n].cpu(),
-            "repr_keys": self.repr_keys[:n].cpu(),
-        }
+    def block(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [Hkv, bs, D] of block ``b``, where they are stored."""
+        if b < self.n_base:
+            return self._base_k[b], self._base_v[b]
+        return self.keys[b - self.n_base], self.values[b - self.n_base]
 
-    def load_state_dict(self, state: dict) -> None:
-        self.n_blocks = 0
-        if self.offload:
-            self._slot_of.clear()
+    def _gather(self, block_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The selected blocks copied out of base and tail into one compact tensor, and indices into it."""
+        wanted = torch.unique(block_idx[block_idx >= 0].cpu())
+        in_base = wanted[wanted < self.n_base]
+        in_tail = wanted[wanted >= self.n_base] - self.n_base
+        k = torch.cat([self._base_k.index_select(0, in_base), self.keys.index_select(0, in_tail.to(self.keys.device))])
+        v = torch.cat([self._base_v.index_select(0, in_base), self.values.index_select(0, in_tail.to(self.keys.device))])
+        lookup = torch.full((max(self.n_blocks, 1) + 1,), -1, dtype=torch.long)
+        lookup[wanted + 1] = torch.arange(wanted.numel())
+        idx = lookup[block_idx.cpu().long() + 1].to(block_idx.device)
+        return k.to(self.device), v.to(self.device), idx
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every stored tensor of the first ``n_blocks`` blocks, for saving: views where the store holds them in
+        one piece (valid until the store is next changed), else a concatenation."""
+        n, nb = self.n_blocks, self.n_base
+        out = {name: getattr(self, name)[:n] for name in ("repr_keys", "repr_sum", "bounds")}
+        for name, base in (("keys", self._base_k), ("values", self._base_v)):
+            tail = getattr(self, name)[: n - nb]
+            out[name] = tail if nb == 0 else base if n == nb else torch.cat([base, tail.to(base.device)])
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """A copy of the stored blocks (on the CPU) that later changes to the store do not affect."""
+        state: dict[str, torch.Tensor | int] = {"n_blocks": self.n_blocks, "first_token": self.first_token}
+        for name, t in self.tensors().items():
+            state[name] = t.to("cpu", copy=True)
+        return state
+
+    def load_state_dict(self, state: dict, share: bool = False) -> None:
+        """Replace the stored blocks by ``state`` (from :meth:`state_dict`, or tensors read from a file).
+
+        With ``share=True`` and keys/values stored where this store keeps them (host memory), the given
+        key/value tensors are used in place as a read-only base (no copy: e.g. a memory-mapped file); sums
+        and bounds are taken from ``state`` when present, else recomputed.
+        """
         if state["first_token"] != self.first_token:
             raise ValueError("saved memory was built with another n_init")
-        if state["n_blocks"]:
-            self.append(state["keys"].to(self.keys.dtype), state["values"].to(self.keys.dtype),
-                        state["repr_keys"].to(self.device, self.repr_keys.dtype))  # sums and bounds recomputed
+        self.n_blocks = 0
+        self.n_base = 0
+        self._base_k = self._base_v = None
+        if self.offload:
+            self._slot_of.clear()
+        n = int(state["n_blocks"])
+        if not n:
+            return
+        keys, values = state["keys"][:n], state["values"][:n]
+        dtype = self.repr_keys.dtype
+        if share and self.storage.type == "cpu" and keys.device.type == "cpu" and keys.dtype == dtype and "bounds" in state:
+            self._base_k, self._base_v, self.n_base = keys, values, n
+            self.keys, self.values = self.keys[:0], self.values[:0]
+            self.repr_keys = state["repr_keys"][:n].to(self.device, dtype, copy=True)
+            self.repr_sum = state["repr_sum"][:n].to(self.device, dtype, copy=True)
+            self.bounds = state["bounds"][:n].to(self.device, dtype, copy=True)
+            self.n_blocks = n
+            return
+        self.append(keys.to(dtype), values.to(dtype), state["repr_keys"][:n].to(self.device, dtype))
+        if "bounds" in state:  # saved sums and bounds are the ones computed when the blocks were first written
+            self.repr_sum[:n] = state["repr_sum"][:n].to(self.device, dtype)
+            self.bounds[:n] = state["bounds"][:n].to(self.device, dtype)

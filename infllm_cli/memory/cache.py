@@ -198,6 +198,22 @@ class ContextMemory(Cache):
 
     # persistence: everything, blocks included -----------------------------------------------------------
 
+    def save(self, path: Any, *, logits: torch.Tensor | None = None, document: Any = None) -> int:
+        """Write this memory to directory ``path`` (safetensors + JSON manifest with checksums, written
+        atomically; never pickle). Returns the bytes written. See :mod:`infllm_cli.persist`."""
+        from ..persist.memory_state import save_memory
+
+        return save_memory(self, path, logits=logits, document=document)
+
+    @classmethod
+    def load(cls, path: Any, loaded: Any, *, backend: str = "auto", attention: str = "infllm") -> "ContextMemory":
+        """A memory saved by :meth:`save`, for the model ``loaded`` (a :class:`~infllm_cli.models.LoadedModel`).
+        Its blocks stay memory-mapped from the file when the store lives in host memory. Raises
+        :class:`~infllm_cli.persist.files.EntryError` for a corrupted file, ``ValueError`` for another model shape."""
+        from ..persist.memory_state import load_memory
+
+        return load_memory(path, loaded, backend=backend, attention=attention)[0]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),

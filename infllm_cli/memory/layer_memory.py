@@ -246,8 +246,9 @@ class LayerMemory:
             "v_init": self.v_init.clone(),
         }
 
-    def load_state_dict(self, state: dict[str, Any], store_blocks: int | dict) -> None:
-        """Restore from :meth:`state_dict`; ``store_blocks`` is a block count (truncate) or a store state."""
+    def load_state_dict(self, state: dict[str, Any], store_blocks: int | dict, share: bool = False) -> None:
+        """Restore from :meth:`state_dict`; ``store_blocks`` is a block count (truncate) or a store state
+        (``share``: see :meth:`BlockStore.load_state_dict`)."""
         self.n_seen = state["n_seen"]
         self.local_start = state["local_start"]
         self.chunk_origin = state.get("chunk_origin", 0)
@@ -264,4 +265,4 @@ class LayerMemory:
         if isinstance(store_blocks, int):
             self.store.truncate(store_blocks)
         else:
-            self.store.load_state_dict(store_blocks)
+            self.store.load_state_dict(store_blocks, share=share)

@@ -51,10 +51,10 @@ def test_several_questions_read_the_document_once(cli, tiny_chat_model_dir: Path
     fed: list[int] = []
     original = Runner.feed
 
-    def recording_feed(self, tokens, on_progress=None):
+    def recording_feed(self, tokens, on_progress=None, after_chunk=None):
         tokens = list(tokens)
         fed.append(len(tokens))
-        return original(self, tokens, on_progress)
+        return original(self, tokens, on_progress, after_chunk)
 
     monkeypatch.setattr(Runner, "feed", recording_feed)
     result = run(cli, "ask", story_txt, "Who betrayed the captain?", "-q", "Who loved books?", "-q", "What is the report?", "-m", tiny_chat_model_dir, *KNOBS, "--json")
