@@ -33,7 +33,7 @@ def text_token_ids(source: str, tokenizer: Any, opts: Options) -> Iterator[int]:
     from ..tokens import pieces
 
     first = True
-    for piece in pieces(open_source(source, password=opts.password, max_bytes=opts.max_bytes)):
+    for piece in pieces(open_source(source, password=opts.password, max_bytes=opts.max_bytes, password_origin=opts.password_origin)):
         yield from tokenizer(piece.text, add_special_tokens=first)["input_ids"]
         first = False
 

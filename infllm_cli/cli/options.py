@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 import typing
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Callable, Optional
@@ -73,6 +75,7 @@ class Options:
     max_tokens: Optional[int] = None
     max_bytes: Optional[int] = None
     password: Optional[str] = None
+    password_origin: str = "--password"  # or "$INFLLM_PDF_PASSWORD": named when the password is wrong
     json: bool = False
     quiet: bool = False
     verbose: bool = False
@@ -180,6 +183,15 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
 _DEFAULTS = {f.name: f.default for f in fields(Options)}
 
 
+def _password_origin(password: str) -> str:
+    """``$INFLLM_PDF_PASSWORD`` when the password came from the environment (no ``--password`` on the
+    command line), else ``--password``."""
+    given = any(arg == "--password" or arg.startswith("--password=") for arg in sys.argv[1:])
+    if not given and os.environ.get("INFLLM_PDF_PASSWORD") == password:
+        return "$INFLLM_PDF_PASSWORD"
+    return "--password"
+
+
 def shared(*groups: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the options of ``groups`` to a command whose last parameter is ``opts: Options``."""
 
@@ -199,6 +211,8 @@ def shared(*groups: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in names if n in kwargs}
+            if values.get("password") is not None:
+                values["password_origin"] = _password_origin(values["password"])
             return func(*args, opts=Options(**values), **kwargs)
 
         params = own + added

@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable, ContextManager, Iterator
 from ..errors import InputError
 from .base import ReadReport, Span
 from .common import MAX_SPAN_CHARS, chunk_paragraphs, warn
-from .encoding import ENCODING_SAMPLE, DecodeStats, describe, detect_encoding, iter_line_pieces
+from .encoding import ENCODING_SAMPLE, DecodeStats, check_codec, describe, detect_encoding, iter_line_pieces
 
 _SKIP = frozenset({"script", "style", "noscript", "template", "svg"})
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
@@ -218,7 +218,11 @@ class HtmlDocument:
         self.name = name
         self.report = ReadReport(units=1)
         self.path = span_path if span_path is not None else name
-        self.encoding = detect_encoding(sample, declared_charset(sample))
+        declared = declared_charset(sample)
+        _, problem = check_codec(declared)
+        # an unknown or non-text charset (rot-13, base64, idna...) is ignored: the bytes decide
+        self.encoding = detect_encoding(sample, None if problem else declared)
+        self._charset_warning = f"{name}: ignoring the declared charset ({problem}); decoding as {describe(self.encoding)} (detected)" if problem else None
         self.initial_section = initial_section
         self.allow_empty = allow_empty
         self.title: str | None = None
@@ -241,6 +245,8 @@ class HtmlDocument:
     def spans(self) -> Iterator[Span]:
         """Yield the visible text; raises :class:`InputError` at the end when there was none."""
         self.report.__init__(units=1)  # type: ignore[misc]
+        if self._charset_warning:
+            warn(self.report, self._charset_warning)
         stats = DecodeStats()
         parser = HtmlExtractor(self.initial_section)
         with self._opener() as raw:
