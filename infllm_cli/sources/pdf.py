@@ -267,14 +267,20 @@ class PdfDocument:
         except Exception:
             return True  # unknown: let the extraction decide
 
-    def section_for(self, index: int) -> str | None:
-        """The innermost outline entry that starts at or before page ``index`` (0-based), or None."""
+    def section_for(self, index: int, *, end: bool = False) -> str | None:
+        """The innermost outline entry in force at the top of page ``index`` (0-based), or None.
+
+        Of several entries starting on that page, the top of the page belongs to the first; with
+        ``end=True``, the entry in force at the bottom of the page (the last one) is returned instead.
+        """
         entries, title = self._outline, None
         while entries:
-            started = [e for e in reversed(entries) if e.start is not None and e.start <= index]
+            started = [e for e in entries if e.start is not None and e.start <= index]
             if not started:
                 break
-            best = max(started, key=lambda e: e.start)  # type: ignore[arg-type, return-value]
+            top = max(e.start for e in started)  # type: ignore[type-var]
+            ties = [e for e in started if e.start == top]
+            best = ties[-1] if end or top < index else ties[0]
             title, entries = best.title or title, best.children
         return title
 
@@ -326,7 +332,8 @@ class PdfDocument:
                 self.report.units_without_text += 1
                 continue
             self.report.chars += len(text)
-            yield Span(text, self.path, index + 1, None, None, self.section_for(index))
+            section, last = self.section_for(index), self.section_for(index, end=True)
+            yield Span(text, self.path, index + 1, None, None, section, last if last != section else None)
         if failed:
             pages = ", ".join(str(page) for page, _ in failed[:10]) + (", ..." if len(failed) > 10 else "")
             warn(self.report, f"{self.name}: text extraction failed on {len(failed)} pages ({pages}): {failed[0][1]}")
