@@ -98,6 +98,7 @@ def deflated_repeat(unit: bytes, total: int, head: bytes = b"", tail: bytes = b"
     block = unit * max(1, (1 << 20) // len(unit))
     for _ in range(total // len(block)):
         out.append(comp.compress(block))
+    out.append(comp.compress(unit * ((total % len(block)) // len(unit))))
     out.append(comp.compress(tail))
     out.append(comp.flush())
     return b"".join(out)
