@@ -37,6 +37,8 @@ MAX_MARKUP_CHARS = 1024 * 1024
 """A single tag, comment or declaration longer than this many characters is dropped (with a warning)."""
 MAX_TAGS = 500_000
 """Parsing stops after this many tags (a few seconds of work; a long novel has ~100,000)."""
+FEED_CHARS = 64 * 1024
+"""The parser is fed at least this many characters at a time."""
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)|<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9._:-]+)""", re.I)
 
 
@@ -299,10 +301,19 @@ class HtmlDocument:
             warn(self.report, self._charset_warning)
         stats = DecodeStats()
         parser = HtmlExtractor(self.initial_section)
+        batch: list[str] = []
+        size = 0
         with self._opener() as raw:
+            # fed in batches: the parser rescans an unfinished construct at every feed, so many short
+            # lines inside one (an unclosed <script> or comment) would cost (lines x its length)
             for piece in iter_line_pieces(raw, self.encoding, stats):
-                parser.feed(piece)
-                yield from self._spans(parser.pop_blocks())
+                batch.append(piece)
+                size += len(piece)
+                if size >= FEED_CHARS:
+                    parser.feed("".join(batch))
+                    batch, size = [], 0
+                    yield from self._spans(parser.pop_blocks())
+        parser.feed("".join(batch))
         parser.close()
         yield from self._spans(parser.pop_blocks())
         self.title = parser.title

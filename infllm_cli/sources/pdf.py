@@ -51,6 +51,8 @@ MAX_FILE_SECONDS = 300.0
 """The extraction of one file stops after this many seconds; the remaining pages are not read."""
 MAX_FILE_CHARS = 100_000_000
 """... or after this many characters."""
+MAX_REPAIR_BYTES = 256 * 1024 * 1024
+"""A damaged file larger than this is not loaded into memory for the repair attempt (it is reported corrupt)."""
 _AES_HINT = "encrypted with AES, which needs the Python package 'cryptography'; install it: pip install cryptography"
 
 
@@ -221,11 +223,13 @@ class PdfDocument:
             try:
                 if isinstance(source, (str, os.PathLike)):
                     with open(source, "rb") as fh:
-                        data = fh.read()
+                        data = fh.read(MAX_REPAIR_BYTES + 1)
                 else:
                     source.seek(0)
-                    data = source.read()
+                    data = source.read(MAX_REPAIR_BYTES + 1)
             except OSError:
+                raise self._corrupt(first) from None
+            if len(data) > MAX_REPAIR_BYTES:  # too large to load whole for a repair attempt
                 raise self._corrupt(first) from None
             numbers = [int(n) for n in _OBJ.findall(data)]
             if not numbers or b"%PDF-" not in data[:1024]:

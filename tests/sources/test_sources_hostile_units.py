@@ -202,6 +202,7 @@ def test_file_extraction_stops_at_its_limit(tmp_path, monkeypatch):
                                   "<![CDATA[" + "x" * 50_000 + "]]>", "<a " * 20_000 + ">"])
 def test_over_long_markup_is_dropped_and_the_rest_read(tmp_path, monkeypatch, junk):
     monkeypatch.setattr(html_module, "MAX_MARKUP_CHARS", 1000)
+    monkeypatch.setattr(html_module, "FEED_CHARS", 100)
     page = tmp_path / "p.html"
     page.write_text(f"<html><body><p>before</p>{junk}<p>after</p></body></html>")
     doc = HtmlDocument.open(page)
@@ -212,6 +213,7 @@ def test_over_long_markup_is_dropped_and_the_rest_read(tmp_path, monkeypatch, ju
 
 def test_unclosed_comment_runs_to_the_end(tmp_path, monkeypatch):
     monkeypatch.setattr(html_module, "MAX_MARKUP_CHARS", 1000)
+    monkeypatch.setattr(html_module, "FEED_CHARS", 100)
     page = tmp_path / "p.html"
     page.write_text("<html><body><p>before</p><!-- " + "x " * 25_000)
     assert [s.text for s in read_all(HtmlDocument.open(page))] == ["before\n"]
