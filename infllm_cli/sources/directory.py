@@ -19,7 +19,7 @@ Walking (done when the directory is opened, without reading whole files):
   in the first 8 KiB, zip archives. PDF and EPUB files are read with their own readers; HTML files are
   read as source text (in repositories they are templates and pages whose markup matters).
 * Ignore rules are bounded (see :data:`MAX_IGNORE_BYTES`, :data:`MAX_IGNORE_RULES`,
-  :data:`MAX_PATTERN_CHARS`, :data:`MAX_PATTERN_WILDCARDS`): a pattern over a limit is ignored with a
+  :data:`MAX_TOTAL_IGNORE_RULES`, :data:`MAX_PATTERN_CHARS`, :data:`MAX_PATTERN_WILDCARDS`): a pattern over a limit is ignored with a
   warning (a pattern such as ``a*a*a*a*a*a*b`` would otherwise take hours to match a long name).
 * Names that are not valid UTF-8 are read (the original bytes are kept to open them) and shown with
   ``\\xNN`` escapes (:func:`~.common.display_path`).
@@ -63,8 +63,11 @@ ALWAYS_SKIPPED = frozenset({".git", ".hg", ".svn"})
 IGNORE_FILES = (".gitignore", ".infllmignore")
 MAX_IGNORE_BYTES = 1024 * 1024
 """Only the first MiB of each ignore file is read."""
-MAX_IGNORE_RULES = 10_000
-"""Rules after the first 10,000 lines of one ignore file are dropped with a warning."""
+MAX_IGNORE_RULES = 5_000
+"""Rules after the first 5,000 lines of one ignore file are dropped with a warning."""
+MAX_TOTAL_IGNORE_RULES = 10_000
+"""Ignore rules after the first 10,000 of the whole tree are dropped with a warning (every file is
+checked against the rules of all its parent directories; compiling 10,000 rules takes about a second)."""
 MAX_PATTERN_CHARS = 1024
 """A longer ignore pattern is dropped with a warning."""
 MAX_PATTERN_WILDCARDS = 3
@@ -125,6 +128,7 @@ class DirectoryDocument:
         self._too_large: list[str] = []
         self._real_root = os.path.realpath(self.root)
         self._seen: dict[tuple[int, int], int] = {}  # (device, inode) -> index in self.files
+        self._rule_count = 0
         self._scan()
         self._open_warnings = list(self.report.warnings)
         self._open_skipped = list(self.report.skipped)
@@ -182,6 +186,12 @@ class DirectoryDocument:
         if len(lines) > MAX_IGNORE_RULES:
             warn(self.report, f"{self.name}: {shown} has {len(lines):,} lines; only the first {MAX_IGNORE_RULES:,} are used")
             lines = lines[:MAX_IGNORE_RULES]
+        room = MAX_TOTAL_IGNORE_RULES - self._rule_count
+        if len(lines) > room:
+            warn(self.report, f"{self.name}: {shown}: over {MAX_TOTAL_IGNORE_RULES:,} ignore rules in the whole tree; "
+                              f"{len(lines) - max(room, 0):,} of its lines are not used")
+            lines = lines[:max(room, 0)]
+        self._rule_count += len(lines)
         kept, dropped = [], []
         for line in lines:
             if len(line) > MAX_PATTERN_CHARS or len(_STARS.findall(line)) > MAX_PATTERN_WILDCARDS:

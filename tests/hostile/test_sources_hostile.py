@@ -186,7 +186,14 @@ def test_catastrophic_ignore_patterns_are_dropped_with_a_warning(tmp_path):
     result = count(root)
     data = counted(result)
     assert data["units"] == 22, data  # 20 long names, the deep file, .gitignore itself
-    assert "runs of '*'" in result.err and "20,003 lines; only the first 10,000" in result.err
+    assert "runs of '*'" in result.err and "20,003 lines; only the first 5,000" in result.err
+
+
+def test_many_big_ignore_files_are_bounded_in_total(tmp_path):
+    rules = "".join(f"c{i}*x\n" for i in range(5000))
+    root = write_tree(tmp_path / "r", {f"d{i}/.gitignore": rules for i in range(40)} | {f"d{i}/a.txt": "a\n" for i in range(40)})
+    result = count(root)
+    assert counted(result)["units"] == 80 and "ignore rules in the whole tree" in result.err
 
 
 def test_huge_ignore_file_is_read_up_to_its_limit(tmp_path):
