@@ -19,8 +19,8 @@ Walking (done when the directory is opened, without reading whole files):
   in the first 8 KiB, zip archives. PDF and EPUB files are read with their own readers; HTML files are
   read as source text (in repositories they are templates and pages whose markup matters).
 * Ignore rules are bounded (see :data:`MAX_IGNORE_BYTES`, :data:`MAX_IGNORE_RULES`,
-  :data:`MAX_TOTAL_IGNORE_RULES`, :data:`MAX_PATTERN_CHARS`, :data:`MAX_PATTERN_WILDCARDS`): a pattern over a limit is ignored with a
-  warning (a pattern such as ``a*a*a*a*a*a*b`` would otherwise take hours to match a long name).
+  :data:`MAX_TOTAL_IGNORE_RULES`, :data:`MAX_PATTERN_CHARS`, :data:`MAX_PATTERN_WILDCARDS`): a pattern
+  over a limit is ignored with a warning (``a*a*a*a*a*a*b`` would take hours to match a long name).
 * Names that are not valid UTF-8 are read (the original bytes are kept to open them) and shown with
   ``\\xNN`` escapes (:func:`~.common.display_path`).
 * Counts: ``report.units`` is the number of files read, ``report.skipped`` the files skipped (at walking
@@ -163,22 +163,26 @@ class DirectoryDocument:
         return real == self._real_root or real.startswith(self._real_root.rstrip(os.sep) + os.sep)
 
     def _read_ignore_file(self, path: str, shown: str) -> list[str]:
-        try:
-            info = os.stat(path)
-        except OSError:
-            return []
-        if not stat.S_ISREG(info.st_mode):  # a FIFO would block forever, a device never end
-            warn(self.report, f"{self.name}: {shown} is not a regular file; its ignore rules are not read")
+        if not os.path.lexists(path):
             return []
         if not self._inside(path):
             warn(self.report, f"{self.name}: {shown} links outside the directory; its ignore rules are not read")
             return []
         try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_IGNORE_BYTES + 1)
+            # non-blocking open, then check what was opened: a FIFO would block forever, a device never end
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
         except OSError as exc:
             warn(self.report, f"{self.name}: {shown} unreadable ({one_line(exc.strerror or exc)}); its ignore rules are not read")
             return []
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                warn(self.report, f"{self.name}: {shown} is not a regular file; its ignore rules are not read")
+                return []
+            try:
+                data = fh.read(MAX_IGNORE_BYTES + 1)
+            except OSError as exc:
+                warn(self.report, f"{self.name}: {shown} unreadable ({one_line(exc.strerror or exc)}); its ignore rules are not read")
+                return []
         if len(data) > MAX_IGNORE_BYTES:
             warn(self.report, f"{self.name}: {shown} is over {human_bytes(MAX_IGNORE_BYTES)}; only its first {human_bytes(MAX_IGNORE_BYTES)} is used")
             data = data[:MAX_IGNORE_BYTES]
