@@ -145,8 +145,10 @@ def test_directory_counts_add_up(tmp_path):
         "a.txt": "alpha\n", "b.md": "# beta\n", "c.png": b"\x89PNG\r\n\x1a\n", "d.dat": b"x\x00y",
         "e.pdf": b"%PDF-1.4\ngarbage", "f.pdf": b"%PDF-1.7\nmore garbage",
     })
+    before = snapshot(tmp_path)
     data = counted(count(root))
     assert (data["units"], data["skipped"]) == (2, 4), data
+    assert snapshot(tmp_path) == before
     result = run_cli("count", root)
     assert "2 files" in result.out and "skipped 4 files" in result.out, result.out
 
@@ -160,7 +162,9 @@ def test_pdf_stream_inflating_to_gigabytes_finishes_with_a_warning(tmp_path):
              zlib.compress(text_stream("last page"))]
     pdf.write_bytes(handwritten_pdf(pages, flate=True))
     assert pdf.stat().st_size < 4 << 20
+    before = snapshot(tmp_path)
     result = count(pdf)
+    assert snapshot(tmp_path) == before
     data = counted(result)
     assert data["characters"] >= len("first page\nlast page\n")
     assert "pages (2, 3)" in result.err or ("page 2" in result.err and "page 3" in result.err), result.err
@@ -282,7 +286,9 @@ def test_epub_zip_bomb_and_escaping_manifest_paths(tmp_path):
             for _ in range(1024):
                 fh.write(block)
     assert book.stat().st_size < 8 << 20
+    before = snapshot(tmp_path)
     result = count(book)
+    assert snapshot(tmp_path) == before
     data = counted(result)
     assert 0 < data["characters"] < 1000, data
     assert "big.xhtml" in result.err
