@@ -103,6 +103,7 @@ class Segment:
     end: int = 0  # token offset after the last token
     first_location: str = ""
     last_location: str = ""
+    last_title: str | None = None  # the section in force at the end, when others start inside the segment
 
     @property
     def tokens(self) -> int:
@@ -343,6 +344,7 @@ def read_tokens(
             span = piece.first
             out.segments.append(Segment(title=span.section, path=span.path, start=out.count, first_location=span.location()))
         out.segments[-1].last_location = piece.last.location()
+        out.segments[-1].last_title = piece.last.last_section
         out.count += len(ids)
         if max_tokens is not None and out.count > max_tokens:
             raise too_many_tokens(document.name, max_tokens)

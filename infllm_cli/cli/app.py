@@ -108,7 +108,7 @@ class Prepared:
 def open_document(source: str, opts: Options) -> Any:
     from ..sources import open_source
 
-    return open_source(source, password=opts.password, max_bytes=opts.max_bytes)
+    return open_source(source, password=opts.password, max_bytes=opts.max_bytes, password_origin=opts.password_origin)
 
 
 def read_with_progress(document: Any, encoder: Any, opts: Options, reporter: Reporter, *, keep_ids: bool = True) -> DocumentTokens:

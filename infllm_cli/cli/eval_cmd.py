@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
-from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
 from ..errors import InputError
+from ..formatting import one_line
 from .options import Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
 
@@ -49,7 +50,8 @@ class TextTokenIds:
 
         specials = [t for t in getattr(self.tokenizer, "all_special_tokens", []) if t]
         first = True
-        for piece in pieces(open_source(self.source, password=self.opts.password, max_bytes=self.opts.max_bytes)):
+        for piece in pieces(open_source(self.source, password=self.opts.password, max_bytes=self.opts.max_bytes,
+                                           password_origin=self.opts.password_origin)):
             found = {t: piece.text.count(t) for t in specials}
             self.special_strings += sum(found.values())
             self.example = self.example or next((t for t, n in found.items() if n), None)
@@ -61,17 +63,70 @@ class TextTokenIds:
                 f"{self.special_strings} special-token strings in the text read as special tokens")
 
 
+MAX_TOKEN_ID_BYTES = 256 * 1024 * 1024
+"""Largest ``--token-ids`` file read."""
+MAX_TOKEN_ID = 2**31 - 1
+
+
 def json_token_ids(source: str) -> list[int]:
-    if source != "-" and not Path(source).is_file():
-        raise InputError(f"no such file: {source}")
-    raw = sys.stdin.read() if source == "-" else Path(source).read_text()
+    """The token ids of a ``--token-ids`` file (or ``-``): a flat JSON array of integers in
+    ``[0, 2**31)``. Anything else is an :class:`InputError` with one line (binary or non-UTF-8 data,
+    deep nesting, a non-list top level, negative, huge or non-integer ids); the vocabulary bound is
+    checked once the model is loaded (:func:`check_vocabulary`)."""
+    from ..sources.common import display_path
+
+    shown = display_path(source)
     try:
-        ids = json.loads(raw)
+        if source == "-":
+            raw = sys.stdin.buffer.read(MAX_TOKEN_ID_BYTES + 1)
+        else:
+            if not os.path.isfile(source):
+                raise InputError(f"no such file: {shown}")
+            with open(source, "rb") as fh:
+                raw = fh.read(MAX_TOKEN_ID_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {shown}: {one_line(exc.strerror or exc)}") from None
+    if len(raw) > MAX_TOKEN_ID_BYTES:
+        raise InputError(f"{shown}: over {MAX_TOKEN_ID_BYTES >> 20} MiB, too large for a token-id file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{shown}: not UTF-8 text (binary data?); expected a JSON array of token ids") from None
+    try:
+        ids = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{source}: not a JSON array of token ids ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(ids, list) or not all(isinstance(i, int) and i >= 0 for i in ids):
-        raise InputError(f"{source}: expected a JSON array of non-negative integer token ids")
+        raise InputError(f"{shown}: not a JSON array of token ids ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{shown}: JSON nested too deeply; expected a flat JSON array of token ids") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise InputError(f"{shown}: not a JSON array of token ids ({one_line(exc, 120)})") from None
+    if not isinstance(ids, list):
+        raise InputError(f"{shown}: expected a JSON array of token ids, got a JSON {type(ids).__name__}")
+    for position, value in enumerate(ids):
+        if type(value) is not int or not 0 <= value <= MAX_TOKEN_ID:
+            shown_value = one_line(json.dumps(value) if type(value) is not int or abs(value) < 10**20 else f"{str(value)[:12]}...", 60)
+            raise InputError(f"{shown}: token id {position} is {shown_value}; expected non-negative integers below 2**31")
     return ids
+
+
+def check_vocabulary(ids: list[int], vocab_size: int | None, source: str) -> None:
+    """Raise :class:`InputError` when an id is outside the model's vocabulary (``vocab_size`` ids)."""
+    from ..sources.common import display_path
+
+    if not vocab_size or not ids:
+        return
+    top = max(ids)
+    if top >= vocab_size:
+        position = ids.index(top)
+        raise InputError(f"{display_path(source)}: token id {position} is {top}, outside the model's vocabulary of {vocab_size:,} ids")
+
+
+def _vocab_size(loaded: Any) -> int | None:
+    try:
+        return int(loaded.model.get_input_embeddings().num_embeddings)
+    except Exception:
+        size = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+        return size if isinstance(size, int) else None
 
 
 def format_table(result: Any) -> str:
@@ -107,6 +162,8 @@ def perplexity_cmd(
         text_ids = None
         if ids is None:
             ids = text_ids = TextTokenIds(source, loaded.tokenizer, opts)
+        else:
+            check_vocabulary(ids, _vocab_size(loaded), source)
         with reporter.task(f"scoring {source}", total=max_tokens) as update:
             result = perplexity(loaded, ids, memory, attention=opts.attention, backend=opts.backend,
                                 max_tokens=max_tokens, on_progress=update)

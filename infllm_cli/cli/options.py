@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 import typing
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Callable, Optional
@@ -80,6 +82,7 @@ class Options:
     progress_interval: Optional[float] = None
     max_bytes: Optional[int] = None
     password: Optional[str] = None
+    password_origin: str = "--password"  # or "$INFLLM_PDF_PASSWORD": named when the password is wrong
     json: bool = False
     cite: bool = False
     max_sources: int = 5
@@ -230,6 +233,15 @@ _GROUPS["cache"] = [
 _DEFAULTS = {f.name: f.default for f in fields(Options)}
 
 
+def _password_origin(password: str) -> str:
+    """``$INFLLM_PDF_PASSWORD`` when the password came from the environment (no ``--password`` on the
+    command line), else ``--password``."""
+    given = any(arg == "--password" or arg.startswith("--password=") for arg in sys.argv[1:])
+    if not given and os.environ.get("INFLLM_PDF_PASSWORD") == password:
+        return "$INFLLM_PDF_PASSWORD"
+    return "--password"
+
+
 def shared(*groups: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the options of ``groups`` to a command whose last parameter is ``opts: Options``."""
 
@@ -249,6 +261,8 @@ def shared(*groups: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in names if n in kwargs}
+            if values.get("password") is not None:
+                values["password_origin"] = _password_origin(values["password"])
             return func(*args, opts=Options(**values), **kwargs)
 
         params = own + added

@@ -352,6 +352,13 @@ def segment_title(seg: Segment, kind: str) -> str | None:
     return seg.title
 
 
+def segment_end_title(seg: Segment, kind: str) -> str | None:
+    """The title of the section in force at the end of ``seg`` (a PDF page may start several)."""
+    if seg.last_title is None:
+        return segment_title(seg, kind)
+    return segment_title(dataclasses.replace(seg, title=seg.last_title), kind)
+
+
 def plan_parts(doc: DocumentTokens, *, min_tokens: int, max_untitled_tokens: int) -> list[Part]:
     """Group the document's segments into parts to summarize one by one.
 
@@ -365,15 +372,13 @@ def plan_parts(doc: DocumentTokens, *, min_tokens: int, max_untitled_tokens: int
     def flush_pending() -> None:
         if not pending:
             return
-        titles = [t for t, _ in pending if t]
+        titled = [(t, s) for t, s in pending if t]
         first, last = pending[0][1], pending[-1][1]
-        if len(pending) == 1:
-            title = titles[0] if titles else ""
-        elif titles:
-            title = f"{titles[0]} … {titles[-1]}" if len(titles) > 1 else titles[0]
-        else:
-            title = ""
-        loc = first.first_location if first is last else f"{first.first_location} - {last.last_location}"
+        title = ""
+        if titled:  # "<first> … <last>" whenever the part covers more than one section
+            first_title, last_title = titled[0][0], segment_end_title(titled[-1][1], doc.kind)
+            title = first_title if last_title in (None, first_title) else f"{first_title} … {last_title}"
+        loc = first.locations() if first is last else f"{first.first_location} - {last.last_location}"
         parts.append(Part(title, first.start, last.end, loc, len(pending)))
         pending.clear()
 

@@ -19,7 +19,9 @@ class Span:
     ``path`` is the file (relative to the repository root for directories, ``-`` for stdin);
     ``page`` is 1-based for PDFs, else ``None``; ``line_start``/``line_end`` are 1-based inclusive line
     numbers in the source file where that makes sense (text, code, Markdown), else ``None``;
-    ``section`` is the title of the innermost enclosing section, if the format has structure.
+    ``section`` is the title of the innermost enclosing section, if the format has structure;
+    ``last_section``, when set, is the section in force at the end of the span where several start inside
+    it (a PDF page holding several outline entries), so that a part can be titled "<first> … <last>".
     """
 
     text: str
@@ -28,6 +30,7 @@ class Span:
     line_start: int | None = None
     line_end: int | None = None
     section: str | None = None
+    last_section: str | None = None
 
     def location(self) -> str:
         """Human-readable provenance, e.g. ``book.pdf p.12`` or ``src/a.py:10-42``."""

@@ -10,6 +10,8 @@ newlines.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from typing import Iterable, Iterator
 
 from ..formatting import one_line
@@ -22,6 +24,20 @@ MAX_SPAN_LINES = 200
 MAX_SPAN_CHARS = 16 * 1024
 """... and about this many characters (a single longer line is cut into pieces of this size)."""
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def display_path(path: str | bytes | os.PathLike) -> str:
+    """A path as it may be shown or given to a model: printable and valid UTF-8, never raising.
+
+    File names are bytes on POSIX; Python keeps undecodable bytes as lone surrogates
+    (``surrogateescape``), which cannot be printed or tokenized. They are shown as ``\\xNN`` escapes
+    (``caf\\xe9.txt``), as are control characters (a newline in a name becomes ``\\n``). Open files
+    with the original path, never with this one.
+    """
+    text = os.fsdecode(os.fspath(path))
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def warn(report: ReadReport, message: str) -> None:

@@ -4,7 +4,9 @@ Detection order (:func:`detect_encoding`), on the first bytes of a file (:data:`
 
 1. a byte-order mark: UTF-8 (``utf-8-sig``), UTF-16 or UTF-32 (the mark is stripped);
 2. UTF-16 without a mark, recognised by its NUL bytes in every other position;
-3. a charset declared by the format (HTML ``<meta charset>``, XML prolog), when Python knows it;
+3. a charset declared by the format (HTML ``<meta charset>``, XML prolog), when Python knows it as an
+   ASCII-compatible text encoding (:func:`check_codec`; ``rot-13``, ``base64``, ``idna``, unknown names
+   are ignored with a warning by the reader);
 4. strict UTF-8;
 5. otherwise Windows-1252 (a superset of the printable Latin-1), with the five bytes cp1252 leaves
    undefined decoded as Latin-1 -- unless the sample is mostly UTF-8 with a few broken sequences, or holds
@@ -38,7 +40,7 @@ _VALID_MULTIBYTE = re.compile(
 # Bytes that cp1252 leaves undefined, plus 0xFF ("ÿ"), which no Western 8-bit text realistically holds
 # in a sample that has no valid UTF-8 at all: seeing one means "broken UTF-8", not "legacy encoding".
 _NOT_LEGACY = frozenset({0x81, 0x8D, 0x8F, 0x90, 0x9D, 0xFF})
-_ALIASES = {"iso-8859-1": "cp1252", "latin-1": "cp1252", "ascii": "cp1252", "utf-8": "utf-8"}
+_ALIASES = {"iso8859-1": "cp1252", "iso-8859-1": "cp1252", "latin-1": "cp1252", "ascii": "cp1252", "utf-8": "utf-8"}
 
 
 @dataclass
@@ -68,18 +70,47 @@ codecs.register_error("infllm.replace", _replace_and_count)
 codecs.register_error("infllm.latin1", _latin1_fallback)
 
 
-def normalize_codec(name: str | None) -> str | None:
-    """Python's name for a declared charset (``"ISO-8859-1"`` -> ``"cp1252"`` as browsers do), or None."""
+_PROBE = b"<meta charset=x> a+b-c \\u00e9 \\x41 ~{}\n"
+"""ASCII text a declared charset must decode to itself (a declaration written in ASCII can only name an
+ASCII-compatible encoding): rejects UTF-7 (``+``), ``unicode_escape`` (backslashes), punycode..."""
+_NOT_DOCUMENT_CODECS = frozenset({"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape", "utf-7"})
+
+
+def check_codec(name: str | None) -> tuple[str | None, str | None]:
+    """Python's codec for a charset declared inside a document, or why it cannot be used.
+
+    Returns ``(codec, None)`` for a usable text encoding (``"ISO-8859-1"`` -> ``"cp1252"`` as browsers
+    do), ``(None, None)`` when nothing usable was declared and nothing is wrong (no declaration, or a
+    UTF-16/32 name that an ASCII declaration cannot be right about), and ``(None, reason)`` for an unknown
+    name or a codec that is not a text encoding of documents (``rot-13``, ``base64``, ``zlib``, ``hex``,
+    ``idna``, ``utf-7``...): the caller warns and detects the encoding instead. Never raises.
+    """
     if not name:
-        return None
+        return None, None
+    name = name.strip().strip("'\"")[:64]
     try:
-        codec = codecs.lookup(name.strip().strip("'\"")).name
-    except LookupError:
-        return None
-    codec = _ALIASES.get(codec, codec)
+        info = codecs.lookup(name)
+    except (LookupError, ValueError, TypeError):
+        return None, f"{name!r} is unknown"
+    codec = info.name
     if codec in ("utf-16", "utf-32", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
-        return None  # a declaration read as ASCII cannot be right about a 16/32-bit encoding
-    return codec
+        return None, None  # a declaration read as ASCII cannot be right about a 16/32-bit encoding
+    if not getattr(info, "_is_text_encoding", True) or codec in _NOT_DOCUMENT_CODECS:
+        return None, f"{name!r} is not a text encoding"
+    try:
+        decoder = codecs.getincrementaldecoder(codec)(errors="infllm.replace")
+        if decoder.decode(_PROBE, final=True) != _PROBE.decode("ascii"):
+            return None, f"{name!r} is not ASCII-compatible"
+        codecs.getincrementaldecoder(codec)(errors="infllm.replace").decode(bytes(range(256)), final=True)
+    except Exception:  # a codec that cannot decode arbitrary bytes with a replacement handler
+        return None, f"{name!r} cannot decode documents"
+    return _ALIASES.get(codec, codec), None
+
+
+def normalize_codec(name: str | None) -> str | None:
+    """Python's name for a declared charset, or None when it is absent, unknown or unusable
+    (see :func:`check_codec`, which also says why)."""
+    return check_codec(name)[0]
 
 
 def detect_encoding(sample: bytes, declared: str | None = None) -> str:

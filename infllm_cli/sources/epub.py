@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -27,16 +28,50 @@ from ..errors import InputError
 from .base import ReadReport, Span
 from ..formatting import one_line
 from .common import warn
-from .encoding import ENCODING_SAMPLE
+from .encoding import ENCODING_SAMPLE, check_codec, describe, detect_encoding
 from .html import HtmlDocument
 
 _HTML_TYPES = frozenset({"application/xhtml+xml", "text/html", "application/xml", "text/xml"})
 _FONT_OBFUSCATION = frozenset({"http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC"})
 MAX_ITEM_BYTES = 64 * 1024 * 1024
+"""A chapter larger than this (uncompressed) is skipped with a warning."""
+MAX_BOOK_BYTES = 512 * 1024 * 1024
+"""Chapters are read until their uncompressed sizes add up to this (a zip bomb); the rest is skipped."""
+MAX_XML_BYTES = 8 * 1024 * 1024
+"""Largest container, package (OPF), NCX or nav document read (uncompressed)."""
+_XML_DECL = re.compile(r"^\ufeff?\s*<\?xml[^>]*\?>")
+_XML_ENCODING = re.compile(rb"^(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*[\"']([^\"']{1,64})[\"']")
 
 
 def _local(tag: object) -> str:
     return str(tag).rsplit("}", 1)[-1]
+
+
+def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_XML_BYTES) -> bytes:
+    """The uncompressed bytes of ``name``; ValueError when they are (or claim to be) over ``limit``."""
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise ValueError(f"{name} is {info.file_size} bytes uncompressed, over the {limit >> 20} MiB limit")
+    with archive.open(info) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{name} is over the {limit >> 20} MiB limit uncompressed")
+    return data
+
+
+def decode_xml(data: bytes) -> tuple[str, str | None]:
+    """The text of an XML document, decoded as :mod:`.encoding` decodes any text, without its XML
+    declaration; and the problem with the declared encoding, if any (unknown, or not a text encoding).
+
+    The parser then reads a ``str``: expat itself would fail (``LookupError``, ``ValueError``) on
+    declarations such as ``encoding="rot-13"`` or on multi-byte encodings.
+    """
+    match = _XML_ENCODING.match(data[:1024])
+    declared = match.group(1).decode("ascii", "replace") if match else None
+    _, problem = check_codec(declared)
+    codec = detect_encoding(data[:ENCODING_SAMPLE], None if problem else declared)
+    text = data.decode(codec, "replace")
+    return _XML_DECL.sub("", text, count=1), problem
 
 
 def _resolve(base_dir: str, href: str) -> str:
@@ -99,6 +134,7 @@ class EpubDocument:
         self.name = name or (self._source if isinstance(self._source, str) else "<epub>")
         self.span_prefix = span_prefix
         self.report = ReadReport()
+        self._open_warnings: list[str] = []
         try:
             with zipfile.ZipFile(self._source) as archive:
                 self.chapters = self._read_package(archive)
@@ -113,12 +149,19 @@ class EpubDocument:
         if not self.chapters:
             raise InputError(f"{self.name}: the EPUB has no chapters in its reading order (empty spine)")
         self.report.units = len(self.chapters)
+        self._open_warnings = list(self.report.warnings)
+
+    def _xml(self, archive: zipfile.ZipFile, name: str) -> ElementTree.Element:
+        text, problem = decode_xml(read_member(archive, name))
+        if problem:
+            warn(self.report, f"{self.name}: {name}: ignoring the declared encoding ({problem})")
+        return ElementTree.fromstring(text)
 
     def _read_package(self, archive: zipfile.ZipFile) -> list[_Chapter]:
         names = set(archive.namelist())
         opf_path = None
         if "META-INF/container.xml" in names:
-            container = ElementTree.fromstring(archive.read("META-INF/container.xml"))
+            container = self._xml(archive, "META-INF/container.xml")
             for element in container.iter():
                 if _local(element.tag) == "rootfile" and (element.get("full-path") or "").endswith(".opf"):
                     opf_path = unquote(element.get("full-path", "")).lstrip("/")
@@ -128,7 +171,7 @@ class EpubDocument:
         if opf_path is None:
             raise InputError(f"{self.name}: not an EPUB (no package document: META-INF/container.xml and *.opf are missing)")
         base = posixpath.dirname(opf_path)
-        package = ElementTree.fromstring(archive.read(opf_path))
+        package = self._xml(archive, opf_path)
         manifest: dict[str, tuple[str, str, str]] = {}  # id -> (href, media type, properties)
         spine: list[str] = []
         toc_id = None
@@ -166,7 +209,7 @@ class EpubDocument:
             nav = next((href for href, _, props in manifest.values() if "nav" in props.split()), None)
             if nav:
                 parser = _NavLinks()
-                parser.feed(archive.read(_resolve(base, nav)).decode("utf-8", "replace"))
+                parser.feed(decode_xml(read_member(archive, _resolve(base, nav)))[0])
                 nav_dir = posixpath.dirname(_resolve(base, nav))
                 links = [link for link in parser.links if link[2]] or parser.links
                 for href, text, _ in links:
@@ -176,7 +219,7 @@ class EpubDocument:
                 (href for href, media, _ in manifest.values() if media == "application/x-dtbncx+xml"), None)
             if ncx and not titles:
                 ncx_path = _resolve(base, ncx)
-                for point in ElementTree.fromstring(archive.read(ncx_path)).iter():
+                for point in self._xml(archive, ncx_path).iter():
                     if _local(point.tag) != "navPoint":
                         continue
                     label = next((e.text for e in point.iter() if _local(e.tag) == "text" and e.text), None)
@@ -187,12 +230,11 @@ class EpubDocument:
             warn(self.report, f"{self.name}: table of contents unreadable ({one_line(exc, 120)}); chapters keep their own titles")
         return titles
 
-    @staticmethod
-    def _encrypted(archive: zipfile.ZipFile, names: set[str]) -> set[str]:
+    def _encrypted(self, archive: zipfile.ZipFile, names: set[str]) -> set[str]:
         if "META-INF/encryption.xml" not in names:
             return set()
         encrypted = set()
-        for data in ElementTree.fromstring(archive.read("META-INF/encryption.xml")).iter():
+        for data in self._xml(archive, "META-INF/encryption.xml").iter():
             if _local(data.tag) != "EncryptedData":
                 continue
             method = next((e.get("Algorithm") for e in data.iter() if _local(e.tag) == "EncryptionMethod"), None)
@@ -203,14 +245,22 @@ class EpubDocument:
 
     def spans(self) -> Iterator[Span]:
         """Yield the chapters' text in spine order; raises :class:`InputError` at the end if there was none."""
-        self.report.__init__(units=len(self.chapters))  # type: ignore[misc]
+        self.report.__init__(units=len(self.chapters), warnings=list(self._open_warnings))  # type: ignore[misc]
+        budget = MAX_BOOK_BYTES
         with zipfile.ZipFile(self._source) as archive:
-            for chapter in self.chapters:
+            for number, chapter in enumerate(self.chapters):
                 path = f"{self.span_prefix}#{chapter.href}" if self.span_prefix else chapter.href
                 try:
                     info = archive.getinfo(chapter.zip_name)
                     if info.file_size > MAX_ITEM_BYTES:
                         raise ValueError(f"{info.file_size} bytes, over the {MAX_ITEM_BYTES >> 20} MiB limit for one chapter")
+                    if info.file_size > budget:
+                        rest = len(self.chapters) - number
+                        self.report.units_without_text += rest
+                        warn(self.report, f"{self.name}: the chapters add up to more than {MAX_BOOK_BYTES >> 20} MiB uncompressed; "
+                                          f"the last {rest} chapters were not read")
+                        break
+                    budget -= info.file_size
                     with archive.open(info) as fh:
                         sample = fh.read(ENCODING_SAMPLE)
                     doc = HtmlDocument(f"{self.name}#{chapter.href}", lambda info=info: archive.open(info), sample,

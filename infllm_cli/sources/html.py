@@ -7,6 +7,11 @@ leave a blank line; whitespace is collapsed except inside ``<pre>``; list items 
 table cells are separated by `` | ``. ``<h1>``-``<h6>`` start sections; the text before the first heading
 belongs to the ``initial_section`` given by the caller (EPUB: the table-of-contents title) or else to the
 document's ``<title>``. HTML spans carry no line numbers.
+
+Limits (the standard parser rescans an unfinished construct at every piece it is fed, which makes a
+32 MB attribute value or unclosed comment take minutes): a tag, comment or declaration longer than
+:data:`MAX_MARKUP_CHARS` is dropped with a warning (an unclosed comment then runs to the end of the page,
+as in a browser), and parsing stops with a warning after :data:`MAX_TAGS` tags.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import BinaryIO, Callable, ContextManager, Iterator
 from ..errors import InputError
 from .base import ReadReport, Span
 from .common import MAX_SPAN_CHARS, chunk_paragraphs, warn
-from .encoding import ENCODING_SAMPLE, DecodeStats, describe, detect_encoding, iter_line_pieces
+from .encoding import ENCODING_SAMPLE, DecodeStats, check_codec, describe, detect_encoding, iter_line_pieces
 
 _SKIP = frozenset({"script", "style", "noscript", "template", "svg"})
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
@@ -28,6 +33,12 @@ _PARAGRAPH = frozenset(
     "details form fieldset".split()
 ) | _HEADINGS
 _LINE = frozenset("br li dt dd tr div caption figcaption summary option legend body html center hgroup".split())
+MAX_MARKUP_CHARS = 1024 * 1024
+"""A single tag, comment or declaration longer than this many characters is dropped (with a warning)."""
+MAX_TAGS = 500_000
+"""Parsing stops after this many tags (a few seconds of work; a long novel has ~100,000)."""
+FEED_CHARS = 64 * 1024
+"""The parser is fed at least this many characters at a time."""
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)|<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9._:-]+)""", re.I)
 
 
@@ -59,6 +70,47 @@ class HtmlExtractor(HTMLParser):
         self._cells = 0
         self._ready: list[tuple[str | None, list[str]]] = []
         self.title: str | None = None
+        self.notes: list[str] = []  # limits reached, for the reader's warnings
+        self._tags = 0
+        self._until: str | None = None  # dropping an over-long construct up to this marker
+        self._stopped = False
+
+    # -- bounded feeding ------------------------------------------------------------------------------
+    def feed(self, data: str) -> None:
+        """Parse more markup (see the module docstring for the limits)."""
+        if self._stopped:
+            return
+        if self._until is not None:
+            data = self._tail + data
+            end = data.find(self._until)
+            if end < 0:
+                self._tail = data[-len(self._until):]
+                return
+            data, self._until = data[end + len(self._until):], None
+        super().feed(data)
+        pending = self.rawdata
+        if len(pending) > MAX_MARKUP_CHARS:
+            if self.cdata_elem is not None:  # <script>/<style> contents: dropped anyway
+                self.rawdata = ""
+                return
+            what, self._until = ("comment", "-->") if pending.startswith("<!--") else \
+                ("CDATA section", "]]>") if pending.startswith("<![CDATA[") else ("tag", ">")
+            self.notes.append(f"a {what} longer than {MAX_MARKUP_CHARS:,} characters was dropped")
+            self.rawdata, self._tail = "", ""
+
+    def close(self) -> None:
+        """Finish parsing; the last block becomes available from :meth:`pop_blocks`."""
+        if self._until is not None or self._stopped:
+            self.rawdata = ""
+        super().close()
+        self._break()
+        self._close_block()
+
+    def _count_tag(self) -> None:
+        self._tags += 1
+        if self._tags > MAX_TAGS and not self._stopped:
+            self._stopped = True
+            self.notes.append(f"more than {MAX_TAGS:,} tags; the rest of the page was not read")
 
     # -- output helpers -------------------------------------------------------------------------------
     def _flush_line(self) -> None:
@@ -101,6 +153,9 @@ class HtmlExtractor(HTMLParser):
 
     # -- parser callbacks -----------------------------------------------------------------------------
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._count_tag()
+        if self._stopped:
+            return
         if tag in _SKIP:
             self._skip.append(tag)
             return
@@ -129,6 +184,9 @@ class HtmlExtractor(HTMLParser):
             self._cells += 1
 
     def handle_endtag(self, tag: str) -> None:
+        self._count_tag()
+        if self._stopped:
+            return
         if tag in _SKIP:
             if tag in self._skip:
                 while self._skip.pop() != tag:
@@ -153,7 +211,7 @@ class HtmlExtractor(HTMLParser):
                 self._pre -= 1
 
     def handle_data(self, data: str) -> None:
-        if self._skip:
+        if self._skip or self._stopped:
             return
         if self._title is not None:
             self._title.append(data)
@@ -176,12 +234,6 @@ class HtmlExtractor(HTMLParser):
             self._close_block()
         ready, self._ready = self._ready, []
         return ready
-
-    def close(self) -> None:
-        """Finish parsing; the last block becomes available from :meth:`pop_blocks`."""
-        super().close()
-        self._break()
-        self._close_block()
 
 
 def html_to_text(markup: str) -> list[tuple[str | None, str]]:
@@ -218,7 +270,11 @@ class HtmlDocument:
         self.name = name
         self.report = ReadReport(units=1)
         self.path = span_path if span_path is not None else name
-        self.encoding = detect_encoding(sample, declared_charset(sample))
+        declared = declared_charset(sample)
+        _, problem = check_codec(declared)
+        # an unknown or non-text charset (rot-13, base64, idna...) is ignored: the bytes decide
+        self.encoding = detect_encoding(sample, None if problem else declared)
+        self._charset_warning = f"{name}: ignoring the declared charset ({problem}); decoding as {describe(self.encoding)} (detected)" if problem else None
         self.initial_section = initial_section
         self.allow_empty = allow_empty
         self.title: str | None = None
@@ -241,15 +297,28 @@ class HtmlDocument:
     def spans(self) -> Iterator[Span]:
         """Yield the visible text; raises :class:`InputError` at the end when there was none."""
         self.report.__init__(units=1)  # type: ignore[misc]
+        if self._charset_warning:
+            warn(self.report, self._charset_warning)
         stats = DecodeStats()
         parser = HtmlExtractor(self.initial_section)
+        batch: list[str] = []
+        size = 0
         with self._opener() as raw:
+            # fed in batches: the parser rescans an unfinished construct at every feed, so many short
+            # lines inside one (an unclosed <script> or comment) would cost (lines x its length)
             for piece in iter_line_pieces(raw, self.encoding, stats):
-                parser.feed(piece)
-                yield from self._spans(parser.pop_blocks())
+                batch.append(piece)
+                size += len(piece)
+                if size >= FEED_CHARS:
+                    parser.feed("".join(batch))
+                    batch, size = [], 0
+                    yield from self._spans(parser.pop_blocks())
+        parser.feed("".join(batch))
         parser.close()
         yield from self._spans(parser.pop_blocks())
         self.title = parser.title
+        for note in parser.notes:
+            warn(self.report, f"{self.name}: {note}")
         if stats.replaced:
             what = "UTF-8" if self.encoding.startswith("utf-8") else describe(self.encoding)
             warn(self.report, f"{self.name}: invalid {what} bytes replaced with U+FFFD ({stats.replaced} places)")

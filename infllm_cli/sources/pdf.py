@@ -13,6 +13,11 @@ text is extracted lazily by :meth:`PdfDocument.spans`, one :class:`Span` per pag
 * Sections: the innermost outline entry starting at or before the page.
 * A document without any extractable text raises :class:`NeedsOcrError` -- at opening when no page has
   any font (a cheap, certain check), otherwise when the iteration ends.
+* Limits (a small file can inflate to gigabytes, or hold millions of drawing operations): a page's text
+  extraction stops after :data:`MAX_PAGE_SECONDS` seconds or :data:`MAX_PAGE_CHARS` characters, and a
+  file's after :data:`MAX_FILE_SECONDS` seconds or :data:`MAX_FILE_CHARS` characters; what was cut is
+  named in a warning (``page N``) and the reading goes on. pypdf itself refuses to inflate one stream to
+  more than 75 MB (its ``LimitReachedError``: that page fails with a warning).
 * Text normalisation: ``\\r`` to ``\\n``, trailing spaces stripped, at most two blank lines in a row,
   ligatures (``ﬁ``) expanded, soft hyphens removed (joining the word parts around a line break); ordinary
   hyphens at line ends are kept since removing them is not safe without a dictionary.
@@ -25,6 +30,7 @@ import io
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
@@ -35,6 +41,23 @@ from ..errors import InputError, PdfError
 from .base import ReadReport, Span
 from ..formatting import one_line
 from .common import LOG, warn
+
+
+MAX_PAGE_SECONDS = 10.0
+"""Text extraction of one page stops after this many seconds (with a warning naming the page)."""
+MAX_PAGE_CHARS = 1_000_000
+"""... or after this many characters (a printed page holds a few thousand)."""
+MAX_FILE_SECONDS = 300.0
+"""The extraction of one file stops after this many seconds; the remaining pages are not read."""
+MAX_FILE_CHARS = 100_000_000
+"""... or after this many characters."""
+MAX_REPAIR_BYTES = 256 * 1024 * 1024
+"""A damaged file larger than this is not loaded into memory for the repair attempt (it is reported corrupt)."""
+_AES_HINT = "encrypted with AES, which needs the Python package 'cryptography'; install it: pip install cryptography"
+
+
+class _Cut(Exception):
+    """Raised from pypdf's visitor callbacks to stop a page's extraction at a limit."""
 
 
 class NeedsOcrError(PdfError):
@@ -140,6 +163,8 @@ class PdfDocument:
         ``Span.path`` (defaults to ``name``).
     password
         Tried after the empty password on encrypted files.
+    password_origin
+        Where ``password`` came from (``--password``, ``$INFLLM_PDF_PASSWORD``), named when it is wrong.
 
     Raises
     ------
@@ -152,8 +177,9 @@ class PdfDocument:
     kind = "pdf"
 
     def __init__(self, source: str | os.PathLike[str] | BinaryIO, *, name: str | None = None,
-                 span_path: str | None = None, password: str | None = None) -> None:
+                 span_path: str | None = None, password: str | None = None, password_origin: str = "--password") -> None:
         self.name = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<pdf>")
+        self.password_origin = password_origin
         self.path = span_path if span_path is not None else self.name
         self.report = ReadReport()
         self.repaired = False
@@ -191,15 +217,19 @@ class PdfDocument:
             return PdfReader(source, strict=False)
         except OSError as exc:
             raise InputError(f"cannot read {self.name}: {one_line(exc.strerror or exc)}") from None
+        except DependencyError:
+            raise PdfError(f"{self.name}: {_AES_HINT}") from None
         except Exception as first:
             try:
                 if isinstance(source, (str, os.PathLike)):
                     with open(source, "rb") as fh:
-                        data = fh.read()
+                        data = fh.read(MAX_REPAIR_BYTES + 1)
                 else:
                     source.seek(0)
-                    data = source.read()
+                    data = source.read(MAX_REPAIR_BYTES + 1)
             except OSError:
+                raise self._corrupt(first) from None
+            if len(data) > MAX_REPAIR_BYTES:  # too large to load whole for a repair attempt
                 raise self._corrupt(first) from None
             numbers = [int(n) for n in _OBJ.findall(data)]
             if not numbers or b"%PDF-" not in data[:1024]:
@@ -223,14 +253,16 @@ class PdfDocument:
             if not opened and password:
                 opened = bool(reader.decrypt(password))
         except DependencyError:
-            raise PdfError(f"{self.name}: encrypted with AES, which needs the 'cryptography' package; install it (pip install cryptography)") from None
+            raise PdfError(f"{self.name}: {_AES_HINT}") from None
         except Exception as exc:
+            if "cryptography" in str(exc):  # pypdf versions that raise something else than DependencyError
+                raise PdfError(f"{self.name}: {_AES_HINT}") from None
             raise PdfError(f"cannot decrypt {self.name}: {one_line(exc, 160)}; the file may be corrupt") from None
         if opened:
             return
         if password is None:
             raise PdfError(f"{self.name} is encrypted; pass its password with --password")
-        raise PdfError(f"{self.name}: wrong password; check the value given with --password")
+        raise PdfError(f"{self.name}: wrong password; check the value given with {self.password_origin}")
 
     def has_text_layer(self) -> bool:
         """False only when no page has any font resource, so that no text can possibly be extracted."""
@@ -239,28 +271,64 @@ class PdfDocument:
         except Exception:
             return True  # unknown: let the extraction decide
 
-    def section_for(self, index: int) -> str | None:
-        """The innermost outline entry that starts at or before page ``index`` (0-based), or None."""
+    def section_for(self, index: int, *, end: bool = False) -> str | None:
+        """The innermost outline entry in force at the top of page ``index`` (0-based), or None.
+
+        Of several entries starting on that page, the top of the page belongs to the first; with
+        ``end=True``, the entry in force at the bottom of the page (the last one) is returned instead.
+        """
         entries, title = self._outline, None
         while entries:
-            started = [e for e in reversed(entries) if e.start is not None and e.start <= index]
+            started = [e for e in entries if e.start is not None and e.start <= index]
             if not started:
                 break
-            best = max(started, key=lambda e: e.start)  # type: ignore[arg-type, return-value]
+            top = max(e.start for e in started)  # type: ignore[type-var]
+            ties = [e for e in started if e.start == top]
+            best = ties[-1] if end or top < index else ties[0]
             title, entries = best.title or title, best.children
         return title
+
+    def _extract(self, index: int) -> str:
+        """The text of page ``index`` (0-based), cut at the page limits with a warning."""
+        pieces: list[str] = []
+        size = 0
+        deadline = time.monotonic() + MAX_PAGE_SECONDS
+
+        def on_operator(*_: object) -> None:
+            if time.monotonic() > deadline:
+                raise _Cut(f"{MAX_PAGE_SECONDS:g} s")
+
+        def on_text(text: str, *_: object) -> None:
+            nonlocal size
+            pieces.append(text)
+            size += len(text)
+            if size > MAX_PAGE_CHARS:
+                raise _Cut(f"{MAX_PAGE_CHARS:,} characters")
+
+        try:
+            return self._reader.pages[index].extract_text(visitor_operand_before=on_operator, visitor_text=on_text) or ""
+        except _Cut as cut:
+            warn(self.report, f"{self.name}: page {index + 1}: text extraction cut at the limit of {cut} for one page")
+            return "".join(pieces)[:MAX_PAGE_CHARS]
 
     def spans(self) -> Iterator[Span]:
         """Yield one span per page with text, in page order (see the module docstring)."""
         self.report.__init__(units=self.page_count)  # type: ignore[misc]
         self.report.warnings.extend(self._open_warnings)
         failed: list[tuple[int, str]] = []
+        file_deadline = time.monotonic() + MAX_FILE_SECONDS
         for index in range(self.page_count):
+            if time.monotonic() > file_deadline or self.report.chars > MAX_FILE_CHARS:
+                limit = f"{MAX_FILE_SECONDS:g} s" if self.report.chars <= MAX_FILE_CHARS else f"{MAX_FILE_CHARS:,} characters"
+                self.report.units_without_text += self.page_count - index
+                warn(self.report, f"{self.name}: text extraction stopped at the limit of {limit} for one file; "
+                                  f"pages {index + 1}-{self.page_count} were not read")
+                break
             try:
                 with self._log.attached():
-                    text = normalize_page_text(self._reader.pages[index].extract_text() or "")
+                    text = normalize_page_text(self._extract(index))
             except DependencyError:
-                raise PdfError(f"{self.name}: encrypted with AES, which needs the 'cryptography' package; install it (pip install cryptography)") from None
+                raise PdfError(f"{self.name}: {_AES_HINT}") from None
             except Exception as exc:
                 failed.append((index + 1, one_line(exc, 160)))
                 text = ""
@@ -268,7 +336,8 @@ class PdfDocument:
                 self.report.units_without_text += 1
                 continue
             self.report.chars += len(text)
-            yield Span(text, self.path, index + 1, None, None, self.section_for(index))
+            section, last = self.section_for(index), self.section_for(index, end=True)
+            yield Span(text, self.path, index + 1, None, None, section, last if last != section else None)
         if failed:
             pages = ", ".join(str(page) for page, _ in failed[:10]) + (", ..." if len(failed) > 10 else "")
             warn(self.report, f"{self.name}: text extraction failed on {len(failed)} pages ({pages}): {failed[0][1]}")

@@ -80,7 +80,7 @@ def _read_head(stream: BinaryIO, size: int) -> bytes:
 
 
 def open_stream(stream: BinaryIO, *, name: str = "<stdin>", path: str = "-", password: str | None = None,
-                max_bytes: int | None = None) -> Document:
+                max_bytes: int | None = None, password_origin: str = "--password") -> Document:
     """Open a one-shot binary stream as a :class:`~.base.Document` (see the module docstring).
 
     Parameters
@@ -111,7 +111,8 @@ def open_stream(stream: BinaryIO, *, name: str = "<stdin>", path: str = "-", pas
         spool.seek(0)
         doc: Document
         if is_pdf(head):
-            doc = PdfDocument(spool, name=name, span_path=path, password=password)  # type: ignore[arg-type]
+            doc = PdfDocument(spool, name=name, span_path=path, password=password,  # type: ignore[arg-type]
+                              password_origin=password_origin)
         elif zip_is_epub(spool):  # type: ignore[arg-type]
             doc = EpubDocument(spool, name=name)  # type: ignore[arg-type]
         else:

@@ -57,8 +57,9 @@ def fpdf_pdf(pages: list[list[str]]) -> bytes:
     return bytes(pdf.output())
 
 
-def handwritten_pdf(contents: list[bytes], with_font: bool = True) -> bytes:
-    """A minimal PDF written byte by byte (correct xref offsets), one page per content stream."""
+def handwritten_pdf(contents: list[bytes], with_font: bool = True, flate: bool = False) -> bytes:
+    """A minimal PDF written byte by byte (correct xref offsets), one page per content stream
+    (``flate``: the streams are given zlib-compressed and declared ``/FlateDecode``)."""
     objects: list[bytes] = []
     n_pages = len(contents)
     font_id = 3 + 2 * n_pages
@@ -69,7 +70,8 @@ def handwritten_pdf(contents: list[bytes], with_font: bool = True) -> bytes:
         resources = f"<< /Font << /F1 {font_id} 0 R >> >>" if with_font else "<< >>"
         objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources {resources} "
                        f"/Contents {4 + 2 * i} 0 R >>".encode())
-        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+        filters = b" /Filter /FlateDecode" if flate else b""
+        objects.append(b"<< /Length %d%s >>\nstream\n" % (len(content), filters) + content + b"\nendstream")
     if with_font:
         objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
     out = io.BytesIO()
@@ -84,6 +86,22 @@ def handwritten_pdf(contents: list[bytes], with_font: bool = True) -> bytes:
         out.write(b"%010d 00000 n \n" % offset)
     out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
     return out.getvalue()
+
+
+def deflated_repeat(unit: bytes, total: int, head: bytes = b"", tail: bytes = b"") -> bytes:
+    """zlib data that inflates to ``head`` + ``unit`` repeated up to ``total`` bytes + ``tail`` (a bomb:
+    256 MB of one byte compress to about 250 KB), built in pieces so that it is never held inflated."""
+    import zlib
+
+    comp = zlib.compressobj(9)
+    out = [comp.compress(head)]
+    block = unit * max(1, (1 << 20) // len(unit))
+    for _ in range(total // len(block)):
+        out.append(comp.compress(block))
+    out.append(comp.compress(unit * ((total % len(block)) // len(unit))))
+    out.append(comp.compress(tail))
+    out.append(comp.flush())
+    return b"".join(out)
 
 
 def text_stream(*lines: str) -> bytes:

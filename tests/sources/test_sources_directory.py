@@ -94,8 +94,9 @@ def test_symlinked_directory_is_not_followed(tmp_path):
     os.symlink(root, root / "real" / "up")
     os.symlink(root / "real" / "a.txt", root / "link.txt")
     doc = open_source(str(root))
-    assert _files(read_all(doc)) == ["link.txt", "real/a.txt"]
-    assert sorted(doc.report.skipped) == ["loop", "real/up"]
+    assert _files(read_all(doc)) == ["real/a.txt"]  # the link to it is not read a second time
+    assert sorted(doc.report.skipped) == ["link.txt", "loop", "real/up"]
+    assert "same file as real/a.txt" in doc.skip_reasons["link.txt"]
 
 
 def test_pdf_and_epub_inside_a_directory(tmp_path):
@@ -150,10 +151,10 @@ def test_unreadable_pdf_in_directory_is_skipped_with_warning(tmp_path):
     assert doc.report.skipped == ["broken.pdf"] and "broken.pdf" in doc.report.warnings[0]
 
 
-def test_undecodable_file_name_is_shown_with_replacement(tmp_path):
+def test_undecodable_file_name_is_shown_escaped(tmp_path):
     root = tmp_path / "r"
     root.mkdir()
     (root / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name\n")
     spans = read_all(open_source(str(root)))
-    assert spans[0].text == "==> caf\ufffd.txt <==\n"
+    assert spans[0].text == "==> caf\\xe9.txt <==\n"
     assert spans[1].text == "latin-1 name\n"
