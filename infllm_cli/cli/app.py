@@ -17,7 +17,7 @@ import typer
 
 from .. import __version__
 from ..config import GenerationConfig, MemoryConfig
-from ..errors import EXIT_INTERRUPTED, UsageError
+from ..errors import UsageError
 from ..progress import Reporter
 from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
@@ -25,6 +25,7 @@ from ..tokens import UNIT_NAMES, DocumentTokens, HFEncoder, describe_source, loa
 from .eval_cmd import eval_app
 from .options import STYLES, Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
+from .stdio import write_out
 
 log = logging.getLogger("infllm.cli")
 
@@ -63,7 +64,7 @@ app.add_typer(eval_app, name="eval")
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"infllm {__version__}")
+        write_out(f"infllm {__version__}\n")
         raise typer.Exit()
 
 
@@ -78,9 +79,8 @@ def _root(
 
 
 def emit(text: str) -> None:
-    """Write answer text to stdout immediately."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    """Write answer text to stdout immediately (a failing stdout raises :class:`~infllm_cli.errors.OutputError`)."""
+    write_out(text)
 
 
 def emit_json(obj: dict[str, Any]) -> None:
@@ -460,13 +460,7 @@ def count(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+    """Console-script entry point (kept for launchers generated before :mod:`.launch` existed)."""
+    from .launch import main as launch_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    launch_main()

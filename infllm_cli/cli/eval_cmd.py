@@ -17,6 +17,7 @@ import typer
 from ..errors import InputError
 from .options import Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
+from .stdio import write_out
 
 eval_app = typer.Typer(help="Measure how well the model reads long inputs.", no_args_is_help=True)
 
@@ -89,7 +90,7 @@ def perplexity_cmd(
         if result.count == 0:
             raise InputError(f"{source}: fewer than two tokens, nothing to score")
         result.config["preset"] = preset_name
-        typer.echo(json.dumps(result.to_dict()) if opts.json else format_table(result))
+        write_out((json.dumps(result.to_dict()) if opts.json else format_table(result)) + "\n")
 
 
 from . import eval_jsonl_cmd  # noqa: E402,F401  registers 'eval jsonl'

@@ -19,6 +19,7 @@ from ..errors import UsageError
 from .eval_cmd import eval_app
 from .options import Options, _choice, shared
 from .runtime import handle_errors, quiet_library_progress, start
+from .stdio import write_out
 
 log = logging.getLogger("infllm.cli.eval")
 
@@ -136,6 +137,6 @@ def jsonl_cmd(
                    "max_new_tokens": max_new_tokens, **result.to_dict()}
             if opts.attention != "dense":
                 out["memory"] = memory.to_dict()
-            typer.echo(json.dumps(out, ensure_ascii=False))
+            write_out(json.dumps(out, ensure_ascii=False) + "\n")
         else:
-            typer.echo(format_table(result))
+            write_out(format_table(result) + "\n")
