@@ -15,6 +15,7 @@ from typing import IO, Annotated, Any, Optional
 
 import typer
 
+from ..config import MAX_NEW_TOKENS
 from ..errors import UsageError
 from .eval_cmd import eval_app
 from .options import Options, _choice, shared
@@ -79,7 +80,7 @@ def jsonl_cmd(
     file: Annotated[Path, typer.Argument(help="LongBench, InfiniteBench or RULER JSON-lines file.", metavar="FILE", show_default=False)],
     task: Annotated[Optional[list[str]], typer.Option("--task", metavar="NAME", help="Only rows of this task (repeatable).", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=1, help="Only the first N (matching) rows.", show_default=False)] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, help="Most tokens to generate per answer (greedy decoding).")] = 32,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, max=MAX_NEW_TOKENS, help="Most tokens to generate per answer (greedy decoding).")] = 32,
     metric: Annotated[str, typer.Option("--metric", metavar="NAME", help="em, substring, f1 or all.", callback=_choice("metric", METRIC_CHOICES))] = "all",
     predictions: Annotated[Optional[Path], typer.Option("--predictions", metavar="PATH", help="Write one JSON line per row (id, task, prediction, answers, scores).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --predictions file.")] = False,

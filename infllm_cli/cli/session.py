@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from ..config import GenerationConfig
+from ..errors import UsageError
 from ..prompting import PromptFormat, Turn
 from ..tokens import DocumentTokens, Encoder, HFEncoder, Segment, read_tokens
 
@@ -33,6 +34,45 @@ log = logging.getLogger("infllm.session")
 def read_document(document: Any, tokenizer: Any, *, max_tokens: int | None = None, on_progress: Callable | None = None) -> DocumentTokens:
     """Read a :class:`~infllm_cli.sources.base.Document` into token ids with the model's tokenizer."""
     return read_tokens(document, HFEncoder(tokenizer), max_tokens=max_tokens, on_progress=on_progress)
+
+
+# -- question limits ---------------------------------------------------------------------------------
+
+#: Longest question, in characters, checked before anything is loaded: a question is read at true
+#: positions in the local window, and longer text belongs in the document.
+MAX_QUESTION_CHARS = 32_768
+
+
+def check_question(question: str) -> None:
+    """Raise :class:`UsageError` for an empty question or one over :data:`MAX_QUESTION_CHARS`."""
+    if not question.strip():
+        raise UsageError("a question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise UsageError(
+            f"a question has {len(question):,} characters; the limit is {MAX_QUESTION_CHARS:,} "
+            "(put long text in the document instead)"
+        )
+
+
+def question_token_limit(memory: Any, attention: str, model_config: Any = None) -> int | None:
+    """Most tokens a question may have: the local window ``n_local`` with the context memory or streaming
+    attention (the question and the answer are read at true positions in it), the model's trained context
+    with dense attention."""
+    if attention != "dense":
+        return int(memory.n_local)
+    n_ctx = getattr(model_config, "max_position_embeddings", None)
+    return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+
+
+def check_question_tokens(question: str, tokenizer: Any, limit: int | None) -> None:
+    """Raise :class:`UsageError` when ``question`` has more than ``limit`` tokens."""
+    if limit is None:
+        return
+    n = len(tokenizer.encode(question.strip(), add_special_tokens=False))
+    if n > limit:
+        raise UsageError(
+            f"a question has {n:,} tokens; at most {limit:,} fit the local window (shorten it, or raise --n-local)"
+        )
 
 
 # -- text post-processing ----------------------------------------------------------------------------
@@ -315,6 +355,7 @@ class Summarizer:
     encoder: Encoder | None = None
     pieces: list[SummaryPiece] = field(default_factory=list)
     read_seconds: float = 0.0
+    blocks: int = 0  # memory blocks the document's reads built (summed over parts read one by one)
 
     def __post_init__(self) -> None:
         if self.format is None:
@@ -335,9 +376,12 @@ class Summarizer:
         n_local = self.runner.config.n_local
         return plan_parts(doc, min_tokens=max(n_local // 2, 64), max_untitled_tokens=max(4 * n_local, 1024))
 
-    def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None) -> Iterator[str]:
+    def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None,
+             *, document: bool = True) -> Iterator[str]:
         _, seconds = read_into(self.runner, prefix, body, on_progress)
         self.read_seconds += seconds
+        if document:
+            self.blocks += self.runner.blocks
         return generate_text(self.runner, suffix, with_turn_stops(gen, self.format), ())
 
     def whole(self, doc: DocumentTokens, kind: str, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None) -> Iterator[str]:
@@ -355,4 +399,4 @@ class Summarizer:
         """An overall summary from the part summaries."""
         fmt = self.format
         text = "\n\n".join(f"## {p.title}\n{p.text.strip()}" for p in pieces)
-        return self._run(fmt.summary_prefix("overall"), self.encoder.encode(text), fmt.summary_suffix("overall"), gen, None)
+        return self._run(fmt.summary_prefix("overall"), self.encoder.encode(text), fmt.summary_suffix("overall"), gen, None, document=False)
