@@ -30,9 +30,11 @@ log = logging.getLogger("infllm.cli")
 EXIT_CODES_HELP = """\
 Exit codes: 0 success; 1 internal error (a bug: rerun with --debug for the traceback);
 2 usage error (bad option, argument or memory configuration); 3 input error (missing path, empty or
-binary input, no readable text, source over --max-tokens); 4 PDF error (encrypted without the right
-password, corrupt); 5 model error (unknown model, directory without weights, unsupported architecture);
-6 device/backend error; 130 interrupted (Ctrl-C).
+binary input, no readable text, source over --max-tokens, stdin closed); 4 PDF error (encrypted without
+the right password, corrupt); 5 model error (unknown model, directory without weights, unsupported
+architecture); 6 device/backend error; 74 stdout cannot be written (full device, I/O error, closed);
+130 interrupted (Ctrl-C); 141 stdout closed by its reader (e.g. | head), stopped quietly.
+An unwritable stderr never changes the exit code.
 """
 
 HELP = f"""\

@@ -25,10 +25,6 @@ import sys
 
 from ..errors import EXIT_OUTPUT_CLOSED, OutputClosed, OutputError
 
-#: Set by the shell launcher (``scripts/infllm``) when stdin was a directory: CPython cannot start with one.
-ENV_STDIN_DIRECTORY = "INFLLM_STDIN_IS_DIRECTORY"
-
-
 def output_error(exc: OSError) -> OutputError:
     """The :class:`OutputError` for a failed write to stdout."""
     if isinstance(exc, BrokenPipeError) or exc.errno in (errno.EPIPE, errno.ECONNRESET):
@@ -61,9 +57,8 @@ def write_err(line: str) -> None:
 
 
 def stdin_problem() -> str | None:
-    """Why stdin cannot be read (closed, or a directory), or None."""
-    if os.environ.get(ENV_STDIN_DIRECTORY) == "1":
-        return "stdin is a directory; pass the directory as SOURCE instead of redirecting it"
+    """Why stdin cannot be read, or None. (A directory as stdin never gets here: CPython refuses to start
+    with one, "Fatal Python error: init_sys_streams", before any Python code runs; see docs/cli.md.)"""
     if sys.stdin is None:
         return "stdin is closed"
     return None

@@ -310,3 +310,17 @@ def test_ctrl_c_in_a_terminal_chat_stops_the_answer_only(tiny_chat_model_dir: Pa
     assert "Traceback" not in err
     assert err.count("answer stopped") == 2, err
     assert err.count("read in ") == 1, err  # the document was read once
+
+
+def test_closed_stdin_as_source_is_an_input_error() -> None:
+    assert_clean_failure(run_cli("ask", "-", "Who?", "-m", "no/such-model", close=(0,)), 3, "stdin")
+
+
+@pytest.mark.xfail(strict=True, reason="CPython aborts in init_sys_streams before any Python code runs (docs/architecture.md)")
+def test_directory_as_stdin(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        outcome = run_cli("count", "-", "-m", "no/such-model", stdin=fd, timeout=30)
+    finally:
+        os.close(fd)
+    assert_clean_failure(outcome, 3, "directory")
