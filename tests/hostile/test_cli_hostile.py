@@ -313,7 +313,7 @@ def test_ctrl_c_in_a_terminal_chat_stops_the_answer_only(tiny_chat_model_dir: Pa
 
 
 def test_closed_stdin_as_source_is_an_input_error() -> None:
-    assert_clean_failure(run_cli("ask", "-", "Who?", "-m", "no/such-model", close=(0,)), 3, "stdin")
+    assert_clean_failure(run_cli("ask", "-", "Who?", "-m", "no/such-model", close=(0,)), 3, "standard input")
 
 
 @pytest.mark.xfail(strict=True, reason="CPython aborts in init_sys_streams before any Python code runs (docs/architecture.md)")
