@@ -16,7 +16,7 @@ from typing import IO, Annotated, Any, Optional
 import typer
 
 from ..config import MAX_NEW_TOKENS
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from .eval_cmd import eval_app
 from .options import Options, _choice, shared
 from .runtime import handle_errors, quiet_library_progress, start
@@ -66,12 +66,20 @@ class PredictionsWriter:
                 self.file = self.path.open("w" if self.force else "x", encoding="utf-8")
             except FileExistsError:
                 raise UsageError(f"--predictions {self.path} already exists; pass --force to overwrite it") from None
-        self.file.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
-        self.file.flush()
+            except OSError as exc:
+                raise OutputError(f"cannot write --predictions {self.path}: {exc.strerror or exc}") from None
+        try:
+            self.file.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            raise OutputError(f"cannot write --predictions {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the write that failed was reported already
+                pass
 
 
 @eval_app.command("jsonl")
