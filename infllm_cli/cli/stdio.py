@@ -25,6 +25,7 @@ import sys
 
 from ..errors import EXIT_OUTPUT_CLOSED, OutputClosed, OutputError
 
+
 def output_error(exc: OSError) -> OutputError:
     """The :class:`OutputError` for a failed write to stdout."""
     if isinstance(exc, BrokenPipeError) or exc.errno in (errno.EPIPE, errno.ECONNRESET):
