@@ -1,6 +1,6 @@
 """``python -m infllm_cli``: the same as the ``infllm`` command."""
 
-from infllm_cli.cli.app import main
+from infllm_cli.cli.launch import main
 
 if __name__ == "__main__":
     main()

@@ -57,6 +57,37 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message says what to change."""
 
 
+#: Allowed range (inclusive) of each integer memory knob. The upper bounds are far above any useful value
+#: (the ``paper`` preset's window is 4,096 tokens) and keep an absurd value (``--n-local 10**12``) from
+#: sizing tables and buffers that exhaust memory: it is refused before anything is loaded.
+MEMORY_LIMITS: dict[str, tuple[int, int]] = {
+    "n_init": (0, 65_536),
+    "n_local": (1, 1_048_576),
+    "block_size": (1, 65_536),
+    "topk": (0, 4_096),
+    "repr_topk": (0, 1_024),
+    "exc_block_size": (1, 65_536),
+    "chunk_size": (1, 1_048_576),
+    "max_cached_block": (0, 65_536),
+    "neighbors": (0, 8),
+    "question_topk": (0, 1_024),
+    "rescore": (0, 4_096),
+}
+
+#: Most tokens one answer may generate (``--max-new-tokens``).
+MAX_NEW_TOKENS = 131_072
+#: Largest ``temperature`` (beyond it sampling is uniform noise anyway).
+MAX_TEMPERATURE = 100.0
+#: Sampling seeds are 0 .. 2**63 - 1 (what a torch generator takes).
+MAX_SEED = 2**63 - 1
+
+
+def check_range(name: str, value: object, low: int, high: int) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low:,} to {high:,}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class MemoryConfig:
     """InfLLM context-memory knobs. Construct directly, from a preset, or with :meth:`replace`."""
@@ -79,15 +110,8 @@ class MemoryConfig:
     rescore: int = 0
 
     def __post_init__(self) -> None:
-        positive = ("n_local", "block_size", "exc_block_size", "chunk_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("n_init", "topk", "repr_topk", "max_cached_block", "neighbors", "question_topk", "rescore"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name, (low, high) in MEMORY_LIMITS.items():
+            check_range(name, getattr(self, name), low, high)
         if self.block_score not in BLOCK_SCORES:
             raise ConfigError(f"block_score must be one of {', '.join(BLOCK_SCORES)}, got {self.block_score!r}")
         if self.query_score not in QUERY_MODES:
@@ -185,12 +209,13 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_range("max_new_tokens", self.max_new_tokens, 0, MAX_NEW_TOKENS)
+        if self.seed is not None:
+            check_range("seed", self.seed, 0, MAX_SEED)
+        if not (isinstance(self.temperature, (int, float)) and 0.0 <= self.temperature <= MAX_TEMPERATURE):
+            raise ConfigError(f"temperature must be from 0 to {MAX_TEMPERATURE:g}, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+            raise ConfigError(f"top_p must be in (0, 1]: above 0 and at most 1, got {self.top_p!r}")
 
     @property
     def greedy(self) -> bool:

@@ -8,7 +8,14 @@ Exit codes
 4    PDF error: encrypted without the right password, corrupt beyond recovery
 5    model error: unknown model, directory without weights, unsupported architecture
 6    backend/device error: the requested backend or device cannot run here
+74   output error: stdout cannot be written (a full device such as ``>/dev/full``, an I/O error, or stdout
+     closed before the start); one ``error:`` line on stderr (``EX_IOERR`` of sysexits.h)
 130  interrupted (Ctrl-C)
+141  stdout was closed by its reader (``infllm ask ... | head -c1``): the command stops quietly, with the
+     code a shell reports for a process ended by SIGPIPE (128 + 13)
+
+stderr carries only diagnostics: when it cannot be written (``2>/dev/full``) they are lost and the exit
+code is the one the command would have had anyway (e.g. 3 for a missing file).
 """
 
 from __future__ import annotations
@@ -40,4 +47,18 @@ class DeviceError(InfllmError):
     exit_code = 6
 
 
+class OutputError(InfllmError):
+    """stdout cannot be written (full device, I/O error, closed)."""
+
+    exit_code = 74
+
+
+class OutputClosed(OutputError):
+    """The reader of stdout went away (EPIPE): the command ends quietly, without an error line."""
+
+    exit_code = 141
+
+
 EXIT_INTERRUPTED = 130
+EXIT_IO_ERROR = OutputError.exit_code
+EXIT_OUTPUT_CLOSED = OutputClosed.exit_code

@@ -54,12 +54,17 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def build_memory(loaded: LoadedModel, config: MemoryConfig, attention: str, backend: str) -> ContextMemory:
-    """An empty :class:`ContextMemory` shaped for ``loaded.model``."""
+def resolve_backend(backend: str, device: torch.device) -> Any:
+    """The attention kernels for ``backend`` on ``device`` (the choice is logged)."""
     try:
-        ops = select_backend(backend, loaded.device)
+        return select_backend(backend, device)
     except BackendError as exc:
         raise DeviceError(str(exc)) from None
+
+
+def build_memory(loaded: LoadedModel, config: MemoryConfig, attention: str, backend: str | Any) -> ContextMemory:
+    """An empty :class:`ContextMemory` shaped for ``loaded.model``; ``backend`` is a name or resolved kernels."""
+    ops = resolve_backend(backend, loaded.device) if isinstance(backend, str) else backend
     mc = loaded.model.config
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
     n_kv = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
@@ -90,6 +95,8 @@ class Runner:
         self.config = memory
         self.attention = attention
         self.backend = backend
+        self._ops: Any = None  # resolved (and logged) once, on the first reset
+        self.finish_reason: str | None = None  # of the last generate(): "stop" or "length"
         self.stats = RunStats()
         self.reset()
 
@@ -100,7 +107,9 @@ class Runner:
         if self.attention == "dense":
             self.cache: ContextMemory | DynamicCache = DynamicCache(config=self.model.config)
         else:
-            self.cache = build_memory(self.loaded, self.config, self.attention, self.backend)
+            if self._ops is None:
+                self._ops = resolve_backend(self.backend, self.loaded.device)
+            self.cache = build_memory(self.loaded, self.config, self.attention, self._ops)
         self.tokens_seen = 0
         self.last_logits: torch.Tensor | None = None
 
@@ -224,10 +233,12 @@ class Runner:
         """Feed ``prompt_tokens`` then yield the generated text piece by piece.
 
         Stops at an end-of-sequence token (tokenizer/model/``gen.stop_token_ids``) or after
-        ``gen.max_new_tokens`` tokens. With a ``ledger`` (from ``runner.cache.new_ledger()``; context memory
-        only), the attention the answer's tokens give the window and the retrieved blocks is added to it
-        (see :mod:`infllm_cli.memory.ledger`).
+        ``gen.max_new_tokens`` tokens; :attr:`finish_reason` then says which (``"stop"`` or ``"length"``;
+        None while generating, or when the consumer stopped early). With a ``ledger`` (from
+        ``runner.cache.new_ledger()``; context memory only), the attention the answer's tokens give the window
+        and the retrieved blocks is added to it (see :mod:`infllm_cli.memory.ledger`).
         """
+        self.finish_reason: str | None = None
         if prompt_tokens:
             self.read_question(prompt_tokens)
         if self.last_logits is None:
@@ -246,12 +257,15 @@ class Runner:
             for _ in range(gen.max_new_tokens):
                 token = sample_next(logits, gen, generator)
                 if token in stop:
+                    self.finish_reason = "stop"
                     break
                 self.stats.generated_tokens += 1
                 delta = decoder.push(token)
                 if delta:
                     yield delta
                 logits = self.decode_one_token(token)
+            else:
+                self.finish_reason = "length"
             tail = decoder.flush()
             if tail:
                 yield tail

@@ -53,12 +53,21 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
+#: The keys the user config file may set; any other is reported (a warning naming it) and ignored.
+CONFIG_KEYS = ("model",)
+
+
 def read_config_file(path: Path | None = None) -> dict[str, Any]:
-    """The user config file's contents, ``{}`` when there is none."""
+    """The user config file's contents, ``{}`` when there is none. Unknown keys (a typo such as
+    ``modle``) get a warning naming them and are ignored."""
     path = path or config_path()
     if not path.is_file():
         return {}
-    return _load_toml(path)
+    data = _load_toml(path)
+    for key in data:
+        if key not in CONFIG_KEYS:
+            log.warning("config file %s: unknown key %r ignored (known: %s)", path, key, ", ".join(CONFIG_KEYS))
+    return {k: v for k, v in data.items() if k in CONFIG_KEYS}
 
 
 @dataclass(frozen=True)

@@ -8,34 +8,34 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional, Sequence
 
 import typer
 
 from .. import __version__
 from ..config import GenerationConfig, MemoryConfig
-from ..errors import EXIT_INTERRUPTED, UsageError
+from ..errors import UsageError
 from ..progress import Reporter
-from ..prompting import Turn
 from ..settings import DEFAULT_MODEL, resolve_model
 from ..tokens import UNIT_NAMES, DocumentTokens, HFEncoder, describe_source, load_tokenizer, read_tokens
 from .cache_cmd import cache_app
 from .eval_cmd import eval_app
-from .options import STYLES, Options, shared
+from .options import BRIEF_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS, STYLES, Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
+from .stdio import write_out
 
 log = logging.getLogger("infllm.cli")
 
 EXIT_CODES_HELP = """\
 Exit codes: 0 success; 1 internal error (a bug: rerun with --debug for the traceback);
 2 usage error (bad option, argument or memory configuration); 3 input error (missing path, empty or
-binary input, no readable text, source over --max-tokens, a read predicted not to fit in memory: see
---memory-budget); 4 PDF error (encrypted without the right
-password, corrupt); 5 model error (unknown model, directory without weights, unsupported architecture);
-6 device/backend error; 130 interrupted (Ctrl-C).
+binary input, no readable text, source over --max-tokens, stdin closed, a read predicted not to fit in
+memory: see --memory-budget); 4 PDF error (encrypted without the right password, corrupt); 5 model error
+(unknown model, directory without weights, unsupported architecture); 6 device/backend error; 74 stdout
+cannot be written (full device, I/O error, closed); 130 interrupted (Ctrl-C); 141 stdout closed by its
+reader (e.g. | head), stopped quietly. An unwritable stderr never changes the exit code.
 """
 
 HELP = f"""\
@@ -66,7 +66,7 @@ app.add_typer(cache_app, name="cache")
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"infllm {__version__}")
+        write_out(f"infllm {__version__}\n")
         raise typer.Exit()
 
 
@@ -81,9 +81,8 @@ def _root(
 
 
 def emit(text: str) -> None:
-    """Write answer text to stdout immediately."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    """Write answer text to stdout immediately (a failing stdout raises :class:`~infllm_cli.errors.OutputError`)."""
+    write_out(text)
 
 
 def emit_json(obj: dict[str, Any]) -> None:
@@ -121,9 +120,9 @@ def read_with_progress(document: Any, encoder: Any, opts: Options, reporter: Rep
         return read_tokens(document, encoder, max_tokens=opts.max_tokens, keep_ids=keep_ids, on_progress=progress)
 
 
-def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
-    """Open the source, check model and memory settings, and read the source into token ids, all before
-    the model's weights are loaded (so that bad input fails fast)."""
+def prepare(source: str, opts: Options, reporter: Reporter, questions: Sequence[str] = ()) -> Prepared:
+    """Open the source, check model and memory settings (and that ``questions`` fit the local window), and
+    read the source into token ids, all before the model's weights are loaded (so that bad input fails fast)."""
     from ..models import read_model_config, resolve_device, resolve_dtype
 
     from ..budget import budget
@@ -142,6 +141,12 @@ def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     memory, preset_name = opts.memory_config(model_config)
     log.debug("memory: preset %s -> %s", preset_name, memory.to_dict())
     tokenizer = load_tokenizer(model_name)
+    if questions:
+        from .session import check_question_tokens, question_token_limit
+
+        limit = question_token_limit(memory, opts.attention, model_config)
+        for q in questions:
+            check_question_tokens(q, tokenizer, limit)
     doc = read_with_progress(document, HFEncoder(tokenizer), opts, reporter)
     log.info("%s", doc.describe())
     check_fit(doc, memory, opts.attention, model_config)
@@ -191,18 +196,23 @@ def load_runner(prep: Prepared) -> Any:
     quiet_library_progress()
     with prep.reporter.status(f"loading {prep.model_name}"):
         loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype, tokenizer=prep.tokenizer)
-    log.debug("loaded %s on %s as %s", prep.model_name, loaded.device, loaded.dtype)
     return Runner(loaded, prep.memory, attention=opts.attention, backend=opts.backend)
 
 
-def stats_line(stats: dict[str, Any]) -> str:
+def read_line(stats: dict[str, Any]) -> str:
+    """How long reading the document took, and the memory it left: said once, after the read."""
+    rate = stats.get("prefill_tokens_per_second")
+    return (
+        f"read in {stats.get('prefill_seconds', 0):.1f} s" + (f" ({rate:,.0f} tokens/s)" if rate else "")
+        + f"; {stats.get('blocks', 0):,} memory blocks"
+    )
+
+
+def stats_line(stats: dict[str, Any], *, with_read: bool = True) -> str:
+    """One status line of an answer's stats; ``with_read=False`` leaves out the read (said once already)."""
     from ..formatting import human_bytes
 
-    parts = []
-    if stats.get("prefill_seconds"):
-        rate = stats.get("prefill_tokens_per_second")
-        parts.append(f"read in {stats['prefill_seconds']:.1f} s" + (f" ({rate:,.0f} tokens/s)" if rate else ""))
-    parts.append(f"{stats.get('blocks', 0):,} memory blocks")
+    parts = [read_line(stats)] if with_read else []
     gen_rate = stats.get("generate_tokens_per_second")
     parts.append(
         f"generated {stats.get('generated_tokens', 0):,} tokens in {stats.get('generate_seconds', 0):.1f} s"
@@ -223,12 +233,12 @@ def feed_document(session: Any, prep: Prepared) -> None:
         log.info("%s", session.outcome.describe())
 
 
-def open_session(source: str, opts: Options, reporter: Reporter) -> tuple[Prepared, Any, Any]:
+def open_session(source: str, opts: Options, reporter: Reporter, questions: Sequence[str] = ()) -> tuple[Prepared, Any, Any]:
     """Read SOURCE, load the model and stream the document in once: (prepared input, runner, session)."""
     from .session import DocumentSession
 
     cache = opts.memory_cache()
-    prep = prepare(source, opts, reporter)
+    prep = prepare(source, opts, reporter, questions)
     runner = load_runner(prep)
     session = DocumentSession(runner, cache=cache, refresh=opts.refresh)
     feed_document(session, prep)
@@ -248,17 +258,28 @@ def emit_sources(answer: Any, opts: Options) -> list[dict[str, Any]]:
     return [s.to_dict() for s in sources]
 
 
-def stream_answer(deltas: Iterator[str], reporter: Reporter, runner: Any, *, to_stdout: bool) -> str:
-    """Consume an answer; echo it to stdout as it comes unless ``to_stdout`` is False (JSON mode)."""
+@dataclass
+class Answer:
+    text: str
+    truncated: bool  # generation stopped at --max-new-tokens, not at the end of the answer
+
+
+def stream_answer(deltas: Iterator[str], reporter: Reporter, runner: Any, gen: GenerationConfig, *, to_stdout: bool) -> Answer:
+    """Consume an answer; echo it to stdout as it comes unless ``to_stdout`` is False (JSON mode). An answer
+    cut at ``gen.max_new_tokens`` gets one warning line on stderr."""
     pieces: list[str] = []
     start = runner.stats.generated_tokens
+    runner.finish_reason = None
     with reporter.generating() as update:
         for delta in deltas:
             pieces.append(delta)
             if to_stdout:
                 emit(delta)
             update(runner.stats.generated_tokens - start)
-    return "".join(pieces)
+    truncated = gen.max_new_tokens > 0 and runner.finish_reason == "length"
+    if truncated:
+        log.warning("the answer was cut at --max-new-tokens %d (raise it for a complete answer)", gen.max_new_tokens)
+    return Answer("".join(pieces), truncated)
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -285,25 +306,28 @@ def ask(
         questions = [q for q in ([question] if question is not None else []) + list(more or [])]
         if not questions:
             raise UsageError('no question given: infllm ask SOURCE "QUESTION" [-q QUESTION ...]')
-        if any(not q.strip() for q in questions):
-            raise UsageError("a question is empty")
-        reporter = start(opts)
-        from .session import StatsMark
+        from .session import StatsMark, check_question
 
-        prep, runner, session = open_session(source, opts, reporter)
+        for q in questions:
+            check_question(q)
+        reporter = start(opts)
+        prep, runner, session = open_session(source, opts, reporter, questions)
+        extra = {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name}
+        log.info("%s", read_line(session.stats(StatsMark.of(runner))))
         for i, q in enumerate(questions):
             mark = StatsMark.of(runner)
             if not opts.json and len(questions) > 1:
                 emit(("\n" if i else "") + f"## {q.strip()}\n")
             asked = session.ask(q, prep.gen, cite=opts.cite, max_sources=opts.max_sources)
-            answer = stream_answer(asked, reporter, runner, to_stdout=not opts.json)
-            stats = session.stats(mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name})
+            answer = stream_answer(asked, reporter, runner, prep.gen, to_stdout=not opts.json)
+            stats = session.stats(mark, extra)
             if not opts.json:
                 emit("\n")
             sources = emit_sources(asked, opts)
             if opts.json:
-                emit_json({"question": q, "answer": answer, "sources": sources, "stats": stats})
-            log.info("%s", stats_line(stats))
+                emit_json({"question": q, "answer": answer.text, "truncated": answer.truncated, "sources": sources,
+                           "stats": stats})
+            log.info("%s", stats_line(stats, with_read=False))
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -326,6 +350,7 @@ def summarize(
         prep = prepare(source, opts, reporter)
         from .session import StatsMark, SummaryPiece, Summarizer, answer_stats
 
+        gen = opts.generation_config(BRIEF_MAX_NEW_TOKENS if style == "brief" else DEFAULT_MAX_NEW_TOKENS)
         runner = load_runner(prep)
         summ = Summarizer(runner, cache=cache, refresh=opts.refresh)
         doc = prep.doc
@@ -340,27 +365,27 @@ def summarize(
                 if to_stdout:
                     emit(("\n" if i > 1 else "") + f"## {part.title}\n")
                 with reporter.task(f"reading part {i}/{len(parts)}", total=part.tokens) as update:
-                    deltas = summ.part(doc, part, prep.gen, on_progress=lambda n: update(min(n, part.tokens)),
+                    deltas = summ.part(doc, part, gen, on_progress=lambda n: update(min(n, part.tokens)),
                                        cite=opts.cite, max_sources=opts.max_sources)
-                text = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
+                piece = stream_answer(deltas, reporter, runner, gen, to_stdout=to_stdout)
                 if to_stdout:
                     emit("\n")
                 part_sources = emit_sources(deltas, opts)
-                pieces.append(SummaryPiece(part.title, text, part.tokens, part.location))
-                sections.append({"title": part.title, "location": part.location, "tokens": part.tokens, "summary": text,
-                                 "sources": part_sources})
+                pieces.append(SummaryPiece(part.title, piece.text, part.tokens, part.location))
+                sections.append({"title": part.title, "location": part.location, "tokens": part.tokens, "summary": piece.text,
+                                 "truncated": piece.truncated, "sources": part_sources})
             if to_stdout:
                 emit("\n## Overall summary\n")
-            overall = stream_answer(summ.overall(pieces, prep.gen), reporter, runner, to_stdout=to_stdout)
+            overall = stream_answer(summ.overall(pieces, gen), reporter, runner, gen, to_stdout=to_stdout)
             sources: list[dict[str, Any]] = []  # the overall summary reads the part summaries, not the source
         else:
             kind = "brief" if style == "brief" else "detailed"  # `sections` of a single section: one thorough summary
             with reporter.task("prefill", total=doc.count) as update:
-                deltas = summ.whole(doc, kind, prep.gen, on_progress=lambda n: update(min(n, doc.count)),
+                deltas = summ.whole(doc, kind, gen, on_progress=lambda n: update(min(n, doc.count)),
                                     cite=opts.cite, max_sources=opts.max_sources)
             if summ.outcomes:
                 log.info("%s", summ.outcomes[-1].describe())
-            overall = stream_answer(deltas, reporter, runner, to_stdout=to_stdout)
+            overall = stream_answer(deltas, reporter, runner, gen, to_stdout=to_stdout)
         if to_stdout:
             emit("\n")
         if not sections:
@@ -368,10 +393,10 @@ def summarize(
         extra = {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name}
         if summ.outcomes:
             extra["memory_cache_reads"] = {how: sum(o.how == how for o in summ.outcomes) for how in ("loaded", "extended", "built")}
-        stats = answer_stats(runner, doc, summ.read_seconds, mark, extra)
+        stats = answer_stats(runner, doc, summ.read_seconds, mark, extra) | {"blocks": summ.blocks}
         if opts.json:
-            emit_json({"source": doc.name, "style": style, "summary": overall, "sources": sources, "sections": sections,
-                       "stats": stats})
+            emit_json({"source": doc.name, "style": style, "summary": overall.text, "truncated": overall.truncated,
+                       "sources": sources, "sections": sections, "stats": stats})
         log.info("%s", stats_line(stats))
 
 
@@ -379,66 +404,6 @@ def _check_style(value: str) -> str:
     if value not in STYLES:
         raise typer.BadParameter(f"{value!r} is not one of: {', '.join(STYLES)}")
     return value
-
-
-@app.command(epilog=EXIT_CODES_HELP)
-@shared("model", "backend", "memory", "generation", "source", "limit", "cite", "output", "cache")
-def chat(
-    source: SourceArg,
-    independent: Annotated[bool, typer.Option("--independent", help="Answer each question on its own, without the earlier turns.")] = False,
-    *,
-    opts: Options,
-) -> None:
-    """Chat about SOURCE: questions are read from stdin, one per line.
-
-    The source is read once. Each answer is streamed to stdout. The conversation is kept: every
-    question is answered after the document and the earlier questions and answers of the session
-    (--independent answers each on its own). Type /reset to forget the conversation, /exit (or end the
-    input) to stop. The prompt "> " is shown on stderr when stdin is a terminal.
-    """
-    with handle_errors(opts):
-        if source == "-":
-            raise UsageError("chat reads its questions from stdin, so the source cannot be stdin; pass a file or directory")
-        reporter = start(opts)
-        from .session import StatsMark
-
-        prep, runner, session = open_session(source, opts, reporter)
-        history: list[Turn] = []
-        interactive = _isatty(sys.stdin) and not opts.quiet
-        while True:
-            if interactive:
-                sys.stderr.write("> ")
-                sys.stderr.flush()
-            line = sys.stdin.readline()
-            if not line:
-                break
-            q = line.strip()
-            if not q:
-                continue
-            if q in ("/exit", "/quit"):
-                break
-            if q == "/reset":
-                history.clear()
-                log.info("conversation forgotten")
-                continue
-            mark = StatsMark.of(runner)
-            asked = session.ask(q, prep.gen, () if independent else history, cite=opts.cite, max_sources=opts.max_sources)
-            answer = stream_answer(asked, reporter, runner, to_stdout=not opts.json)
-            stats = session.stats(mark, {"preset": prep.preset_name, "attention": opts.attention, "model": prep.model_name, "turn": len(history) + 1})
-            if not opts.json:
-                emit("\n")
-            sources = emit_sources(asked, opts)
-            if opts.json:
-                emit_json({"question": q, "answer": answer, "sources": sources, "stats": stats})
-            history.append(Turn(q, answer))
-            log.debug("%s", stats_line(stats))
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except Exception:
-        return False
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -550,14 +515,11 @@ def count(
         emit("\n".join(lines) + "\n")
 
 
+from . import chat_cmd  # noqa: E402,F401  registers 'chat'
+
+
 def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+    """Console-script entry point (kept for launchers generated before :mod:`.launch` existed)."""
+    from .launch import main as launch_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    launch_main()

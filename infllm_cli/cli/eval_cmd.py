@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..formatting import one_line
 from .options import Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
+from .stdio import write_out
 
 log = logging.getLogger("infllm.cli")
 
@@ -175,7 +176,7 @@ def perplexity_cmd(
             log.warning("%d special-token strings in the text (e.g. %r) were read as special tokens, as the "
                         "tokenizer does by default; `ask` and `count` read them as plain text, so their token "
                         "counts differ", text_ids.special_strings, text_ids.example)
-        typer.echo(json.dumps(result.to_dict()) if opts.json else format_table(result))
+        write_out((json.dumps(result.to_dict()) if opts.json else format_table(result)) + "\n")
 
 
 from . import eval_jsonl_cmd  # noqa: E402,F401  registers 'eval jsonl'

@@ -15,10 +15,12 @@ from typing import IO, Annotated, Any, Optional
 
 import typer
 
-from ..errors import UsageError
+from ..config import MAX_NEW_TOKENS
+from ..errors import OutputError, UsageError
 from .eval_cmd import eval_app
 from .options import Options, _choice, shared
 from .runtime import handle_errors, quiet_library_progress, start
+from .stdio import write_out
 
 log = logging.getLogger("infllm.cli.eval")
 
@@ -64,12 +66,20 @@ class PredictionsWriter:
                 self.file = self.path.open("w" if self.force else "x", encoding="utf-8")
             except FileExistsError:
                 raise UsageError(f"--predictions {self.path} already exists; pass --force to overwrite it") from None
-        self.file.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
-        self.file.flush()
+            except OSError as exc:
+                raise OutputError(f"cannot write --predictions {self.path}: {exc.strerror or exc}") from None
+        try:
+            self.file.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            raise OutputError(f"cannot write --predictions {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the write that failed was reported already
+                pass
 
 
 @eval_app.command("jsonl")
@@ -78,7 +88,7 @@ def jsonl_cmd(
     file: Annotated[Path, typer.Argument(help="LongBench, InfiniteBench or RULER JSON-lines file.", metavar="FILE", show_default=False)],
     task: Annotated[Optional[list[str]], typer.Option("--task", metavar="NAME", help="Only rows of this task (repeatable).", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=1, help="Only the first N (matching) rows.", show_default=False)] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, help="Most tokens to generate per answer (greedy decoding).")] = 32,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, max=MAX_NEW_TOKENS, help="Most tokens to generate per answer (greedy decoding).")] = 32,
     metric: Annotated[str, typer.Option("--metric", metavar="NAME", help="em, substring, f1 or all.", callback=_choice("metric", METRIC_CHOICES))] = "all",
     predictions: Annotated[Optional[Path], typer.Option("--predictions", metavar="PATH", help="Write one JSON line per row (id, task, prediction, answers, scores).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --predictions file.")] = False,
@@ -136,6 +146,6 @@ def jsonl_cmd(
                    "max_new_tokens": max_new_tokens, **result.to_dict()}
             if opts.attention != "dense":
                 out["memory"] = memory.to_dict()
-            typer.echo(json.dumps(out, ensure_ascii=False))
+            write_out(json.dumps(out, ensure_ascii=False) + "\n")
         else:
-            typer.echo(format_table(result))
+            write_out(format_table(result) + "\n")

@@ -18,12 +18,18 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from ..errors import UsageError
-from ..config import ATTENTION_MODES, PRESETS, QUERY_MODES, BLOCK_SCORES, SELECTIONS, GenerationConfig, MemoryConfig, preset, with_selection
+from ..config import (
+    ATTENTION_MODES, BLOCK_SCORES, MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, MEMORY_LIMITS, PRESETS, QUERY_MODES, SELECTIONS,
+    GenerationConfig, MemoryConfig, preset, with_selection,
+)
 
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("auto", "torch", "triton")
 STYLES = ("brief", "detailed", "sections")
+#: Answer length when --max-new-tokens is not given; a brief summary gets the smaller BRIEF_MAX_NEW_TOKENS.
+DEFAULT_MAX_NEW_TOKENS = 512
+BRIEF_MAX_NEW_TOKENS = 160
 
 P_MODEL = "Model"
 P_MEMORY = "Context memory"
@@ -71,7 +77,7 @@ class Options:
     question_topk: Optional[int] = None
     rescore: Optional[int] = None
     # generation
-    max_new_tokens: int = 512
+    max_new_tokens: Optional[int] = None  # None: DEFAULT_MAX_NEW_TOKENS, or the command's own default
     temperature: float = 0.0
     top_p: float = 1.0
     seed: Optional[int] = None
@@ -136,8 +142,10 @@ class Options:
 
         return MemoryCache(max_bytes=_size(self.max_cache_size))
 
-    def generation_config(self) -> GenerationConfig:
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+    def generation_config(self, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> GenerationConfig:
+        """The decoding settings; ``default_max_new_tokens`` when --max-new-tokens was not given."""
+        limit = default_max_new_tokens if self.max_new_tokens is None else self.max_new_tokens
+        return GenerationConfig(max_new_tokens=limit, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
 
 
 def _size(text: Optional[str]) -> Optional[int]:
@@ -164,6 +172,18 @@ def auto_preset(model_config: Any) -> str:
     return "micro"
 
 
+def _finite(flag: str, value: float) -> float:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _top_p(value: float) -> float:
+    if not (0.0 < value <= 1.0):  # also rejects nan
+        raise typer.BadParameter(f"{value} is not in the range 0<x<=1")
+    return value
+
+
 # -- option definitions ------------------------------------------------------------------------------
 
 _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
@@ -179,28 +199,28 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
     "memory": [
         ("attention", str, typer.Option("--attention", metavar="MODE", help="infllm (context memory), streaming (initial tokens + local window only) or dense (full attention: only for inputs that fit the model).", callback=_choice("attention", ATTENTION_MODES), rich_help_panel=P_MEMORY)),
         ("preset", str, typer.Option("--preset", metavar="NAME", help=f"Memory preset: auto (largest that fits the model's trained context), {', '.join(PRESETS)}. The knobs below override it.", callback=_choice("preset", ("auto", *PRESETS)), rich_help_panel=P_MEMORY)),
-        ("n_init", Optional[int], typer.Option("--n-init", metavar="N", help="Initial tokens kept for good (attention sinks).", rich_help_panel=P_MEMORY, show_default=False)),
-        ("n_local", Optional[int], typer.Option("--n-local", metavar="N", help="Local window, in tokens.", rich_help_panel=P_MEMORY, show_default=False)),
-        ("block_size", Optional[int], typer.Option("--block-size", metavar="N", help="Tokens per memory block.", rich_help_panel=P_MEMORY, show_default=False)),
-        ("topk", Optional[int], typer.Option("--topk", metavar="N", help="Memory blocks retrieved per query chunk.", rich_help_panel=P_MEMORY, show_default=False)),
-        ("repr_topk", Optional[int], typer.Option("--repr-topk", metavar="N", help="Representative keys per block.", rich_help_panel=P_MEMORY, show_default=False)),
-        ("exc_block_size", Optional[int], typer.Option("--exc-block-size", metavar="N", help="Queries sharing one block retrieval.", rich_help_panel=P_MEMORY, show_default=False)),
-        ("chunk_size", Optional[int], typer.Option("--chunk-size", metavar="N", help="Prefill chunk in tokens (a multiple of --exc-block-size).", rich_help_panel=P_MEMORY, show_default=False)),
-        ("max_cached_block", Optional[int], typer.Option("--max-cached-block", metavar="N", help="Blocks kept on the device when the store is offloaded.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("n_init", Optional[int], typer.Option("--n-init", metavar="N", help="Initial tokens kept for good (attention sinks).", min=MEMORY_LIMITS["n_init"][0], max=MEMORY_LIMITS["n_init"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("n_local", Optional[int], typer.Option("--n-local", metavar="N", help="Local window, in tokens.", min=MEMORY_LIMITS["n_local"][0], max=MEMORY_LIMITS["n_local"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("block_size", Optional[int], typer.Option("--block-size", metavar="N", help="Tokens per memory block.", min=MEMORY_LIMITS["block_size"][0], max=MEMORY_LIMITS["block_size"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("topk", Optional[int], typer.Option("--topk", metavar="N", help="Memory blocks retrieved per query chunk.", min=MEMORY_LIMITS["topk"][0], max=MEMORY_LIMITS["topk"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("repr_topk", Optional[int], typer.Option("--repr-topk", metavar="N", help="Representative keys per block.", min=MEMORY_LIMITS["repr_topk"][0], max=MEMORY_LIMITS["repr_topk"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("exc_block_size", Optional[int], typer.Option("--exc-block-size", metavar="N", help="Queries sharing one block retrieval.", min=MEMORY_LIMITS["exc_block_size"][0], max=MEMORY_LIMITS["exc_block_size"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("chunk_size", Optional[int], typer.Option("--chunk-size", metavar="N", help="Prefill chunk in tokens (a multiple of --exc-block-size).", min=MEMORY_LIMITS["chunk_size"][0], max=MEMORY_LIMITS["chunk_size"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("max_cached_block", Optional[int], typer.Option("--max-cached-block", metavar="N", help="Blocks kept on the device when the store is offloaded.", min=MEMORY_LIMITS["max_cached_block"][0], max=MEMORY_LIMITS["max_cached_block"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("offload", Optional[bool], typer.Option("--offload/--no-offload", help="Keep the block store in host memory.", rich_help_panel=P_MEMORY, show_default=False)),
         ("selection", str, typer.Option("--selection", metavar="NAME", help=f"Block selection: {', '.join(SELECTIONS)} (paper: Xiao et al.'s; default: the best measured, see docs/retrieval.md). The selection knobs below override it.", callback=_choice("selection", tuple(SELECTIONS)), rich_help_panel=P_MEMORY)),
         ("per_kv_head", Optional[bool], typer.Option("--per-kv-head/--shared-ranking", help="Each KV head picks its own blocks, or one ranking summed over all heads.", rich_help_panel=P_MEMORY, show_default=False)),
         ("block_score", Optional[str], typer.Option("--block-score", metavar="MODE", help="Blocks scored by the min/max bounds of all their keys (bounds), their best representative key (repr_max) or the sum of their representative keys (repr_sum, the paper).", callback=_choice("block_score", BLOCK_SCORES), rich_help_panel=P_MEMORY, show_default=False)),
         ("query_score", Optional[str], typer.Option("--query-score", metavar="MODE", help="Blocks ranked by the chunk's best query (max) or its mean query (mean).", callback=_choice("query_score", QUERY_MODES), rich_help_panel=P_MEMORY, show_default=False)),
-        ("neighbors", Optional[int], typer.Option("--neighbors", metavar="N", help="Also read N blocks on each side of every retrieved block.", min=0, max=8, rich_help_panel=P_MEMORY, show_default=False)),
-        ("question_topk", Optional[int], typer.Option("--question-topk", metavar="N", help="Blocks per KV head ranked by the whole question and kept for the answer (0: off).", min=0, max=1024, rich_help_panel=P_MEMORY, show_default=False)),
-        ("rescore", Optional[int], typer.Option("--rescore", metavar="M", help="Re-rank the M best blocks per KV head with every key they hold (0: off).", min=0, max=4096, rich_help_panel=P_MEMORY, show_default=False)),
+        ("neighbors", Optional[int], typer.Option("--neighbors", metavar="N", help="Also read N blocks on each side of every retrieved block.", min=MEMORY_LIMITS["neighbors"][0], max=MEMORY_LIMITS["neighbors"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("question_topk", Optional[int], typer.Option("--question-topk", metavar="N", help="Blocks per KV head ranked by the whole question and kept for the answer (0: off).", min=MEMORY_LIMITS["question_topk"][0], max=MEMORY_LIMITS["question_topk"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("rescore", Optional[int], typer.Option("--rescore", metavar="M", help="Re-rank the M best blocks per KV head with every key they hold (0: off).", min=MEMORY_LIMITS["rescore"][0], max=MEMORY_LIMITS["rescore"][1], rich_help_panel=P_MEMORY, show_default=False)),
     ],
     "generation": [
-        ("max_new_tokens", int, typer.Option("--max-new-tokens", metavar="N", help="Most tokens to generate per answer.", min=0, rich_help_panel=P_GEN)),
-        ("temperature", float, typer.Option("--temperature", metavar="T", help="0 = greedy decoding.", min=0.0, rich_help_panel=P_GEN)),
-        ("top_p", float, typer.Option("--top-p", metavar="P", help="Nucleus sampling (with --temperature > 0).", min=0.0, max=1.0, rich_help_panel=P_GEN)),
-        ("seed", Optional[int], typer.Option("--seed", metavar="N", help="Random seed for sampling.", rich_help_panel=P_GEN, show_default=False)),
+        ("max_new_tokens", Optional[int], typer.Option("--max-new-tokens", metavar="N", help=f"Most tokens to generate per answer (default {DEFAULT_MAX_NEW_TOKENS}; {BRIEF_MAX_NEW_TOKENS} for summarize --style brief). An answer cut at this limit gets a warning on stderr and \"truncated\": true in --json.", min=0, max=MAX_NEW_TOKENS, rich_help_panel=P_GEN, show_default=False)),
+        ("temperature", float, typer.Option("--temperature", metavar="T", help="0 = greedy decoding.", min=0.0, max=MAX_TEMPERATURE, callback=lambda v: _finite("--temperature", v), rich_help_panel=P_GEN)),
+        ("top_p", float, typer.Option("--top-p", metavar="P", help="Nucleus sampling (with --temperature > 0): 0 < P <= 1.", callback=lambda v: _top_p(v), rich_help_panel=P_GEN)),
+        ("seed", Optional[int], typer.Option("--seed", metavar="N", help="Random seed for sampling.", min=0, max=MAX_SEED, rich_help_panel=P_GEN, show_default=False)),
     ],
     "source": [
         ("max_bytes", Optional[int], typer.Option("--max-bytes", metavar="N", help="Largest input in bytes: the total of a directory's files (default 200 MiB), or a single file or stdin (default: no limit).", min=1, rich_help_panel=P_IO, show_default=False)),

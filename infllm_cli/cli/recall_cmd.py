@@ -12,6 +12,7 @@ from ..errors import UsageError
 from .eval_cmd import eval_app
 from .options import Options, shared
 from .runtime import handle_errors, quiet_library_progress, start
+from .stdio import write_out
 
 DEFAULT_LENGTHS = ["4K", "16K"]
 DEFAULT_DEPTHS = [0.1, 0.5, 0.9]
@@ -94,7 +95,7 @@ def recall_cmd(
             raise UsageError(str(exc)) from None
         rows = summarize(results)
         if opts.json:
-            typer.echo(json.dumps({"model": model_name, "preset": preset_name, "memory": memory.to_dict(),
-                                   "filler": filler, "key_format": key_format, "seed": seed, "rows": rows}))
+            write_out(json.dumps({"model": model_name, "preset": preset_name, "memory": memory.to_dict(),
+                                   "filler": filler, "key_format": key_format, "seed": seed, "rows": rows}) + "\n")
         else:
-            typer.echo(format_recall_table(rows))
+            write_out(format_recall_table(rows) + "\n")

@@ -7,14 +7,35 @@ import traceback
 from contextlib import contextmanager
 from typing import Iterator
 
-import click
 import typer
 
 from ..config import ConfigError
-from ..errors import EXIT_INTERRUPTED, InfllmError
+from ..errors import EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, InfllmError, OutputClosed
 from ..formatting import one_line
 from ..progress import Reporter, logging_restored, setup_logging
 from .options import Options
+from .stdio import write_err
+
+
+def _pass_through() -> tuple[type[BaseException], ...]:
+    """Typer's and click's own exits and usage errors: handled by Typer (in process) or the launcher."""
+    classes: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    try:
+        from typer._click import exceptions as vendored  # type: ignore[import-not-found]
+
+        classes += [vendored.ClickException]
+    except ImportError:  # Typer on the click package
+        pass
+    try:
+        import click
+
+        classes += [click.exceptions.Exit, click.ClickException, click.exceptions.Abort]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(classes)
+
+
+PASS_THROUGH = _pass_through()
 
 
 # -- error handling ------------------------------------------------------------------------------------
@@ -26,23 +47,21 @@ def handle_errors(opts: Options) -> Iterator[None]:
     try:
         with logging_restored():
             yield
-    except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+    except PASS_THROUGH:
         raise
+    except KeyboardInterrupt:
+        _flush_stdout()
+        write_err("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except OutputClosed:
+        # the reader of stdout went away (e.g. `| head`): stop quietly
+        raise typer.Exit(EXIT_OUTPUT_CLOSED)
+    except BrokenPipeError:  # a write to stdout that did not go through write_out
+        raise typer.Exit(EXIT_OUTPUT_CLOSED)
     except InfllmError as exc:
         _fail(one_line(exc), exc.exit_code, opts.debug)
     except ConfigError as exc:
         _fail(one_line(exc), 2, opts.debug)
-    except KeyboardInterrupt:
-        _flush_stdout()
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
-    except BrokenPipeError:
-        # the reader of stdout went away (e.g. `| head`): stop quietly
-        try:
-            sys.stdout = open("/dev/null", "w")  # noqa: SIM115
-        except OSError:
-            pass
-        raise typer.Exit(141)
     except Exception as exc:
         _fail(f"internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)", 1, opts.debug)
 
@@ -50,15 +69,19 @@ def handle_errors(opts: Options) -> Iterator[None]:
 def _fail(message: str, code: int, debug: bool) -> None:
     _flush_stdout()
     if debug:
-        traceback.print_exc(file=sys.stderr)
-    typer.echo(f"error: {message}", err=True)
+        try:
+            traceback.print_exc(file=sys.stderr)
+        except (OSError, ValueError, AttributeError):
+            pass
+    write_err(f"error: {message}")
     raise typer.Exit(code)
 
 
 def _flush_stdout() -> None:
+    """Push out what was answered so far, before an error line; a failing stdout is left to stdio.finish."""
     try:
         sys.stdout.flush()
-    except Exception:
+    except (OSError, ValueError, AttributeError):
         pass
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..citations import Source, cite
 from ..config import GenerationConfig
+from ..errors import UsageError
 from ..prompting import PromptFormat, Turn
 from ..tokens import DocumentTokens, Encoder, HFEncoder, Segment, read_tokens
 
@@ -44,6 +45,45 @@ RESERVE_SLACK_TOKENS = 4096
 def read_document(document: Any, tokenizer: Any, *, max_tokens: int | None = None, on_progress: Callable | None = None) -> DocumentTokens:
     """Read a :class:`~infllm_cli.sources.base.Document` into token ids with the model's tokenizer."""
     return read_tokens(document, HFEncoder(tokenizer), max_tokens=max_tokens, on_progress=on_progress)
+
+
+# -- question limits ---------------------------------------------------------------------------------
+
+#: Longest question, in characters, checked before anything is loaded: a question is read at true
+#: positions in the local window, and longer text belongs in the document.
+MAX_QUESTION_CHARS = 32_768
+
+
+def check_question(question: str) -> None:
+    """Raise :class:`UsageError` for an empty question or one over :data:`MAX_QUESTION_CHARS`."""
+    if not question.strip():
+        raise UsageError("a question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise UsageError(
+            f"a question has {len(question):,} characters; the limit is {MAX_QUESTION_CHARS:,} "
+            "(put long text in the document instead)"
+        )
+
+
+def question_token_limit(memory: Any, attention: str, model_config: Any = None) -> int | None:
+    """Most tokens a question may have: the local window ``n_local`` with the context memory or streaming
+    attention (the question and the answer are read at true positions in it), the model's trained context
+    with dense attention."""
+    if attention != "dense":
+        return int(memory.n_local)
+    n_ctx = getattr(model_config, "max_position_embeddings", None)
+    return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+
+
+def check_question_tokens(question: str, tokenizer: Any, limit: int | None) -> None:
+    """Raise :class:`UsageError` when ``question`` has more than ``limit`` tokens."""
+    if limit is None:
+        return
+    n = len(tokenizer.encode(question.strip(), add_special_tokens=False))
+    if n > limit:
+        raise UsageError(
+            f"a question has {n:,} tokens; at most {limit:,} fit the local window (shorten it, or raise --n-local)"
+        )
 
 
 # -- text post-processing ----------------------------------------------------------------------------
@@ -441,6 +481,7 @@ class Summarizer:
     cache: Any = None  # a persist.MemoryCache for the reads of the whole document and of each part
     refresh: bool = False
     outcomes: list[Any] = field(default_factory=list)
+    blocks: int = 0  # memory blocks the document's reads built (summed over parts read one by one)
 
     def __post_init__(self) -> None:
         if self.format is None:
@@ -462,7 +503,7 @@ class Summarizer:
         return plan_parts(doc, min_tokens=max(n_local // 2, 64), max_untitled_tokens=max(4 * n_local, 1024))
 
     def _run(self, prefix: list[int], body: Any, suffix: list[int], gen: GenerationConfig, on_progress: Callable[[int], None] | None,
-             citing: Citing | None = None, cache: Any = None, document: Any = None) -> Answer:
+             citing: Citing | None = None, cache: Any = None, document: Any = None, *, is_document: bool = True) -> Answer:
         if citing is not None:
             check_citable(self.runner)
             citing.stream_offset = len(prefix)
@@ -470,6 +511,8 @@ class Summarizer:
         self.read_seconds += seconds
         if outcome is not None:
             self.outcomes.append(outcome)
+        if is_document:
+            self.blocks += self.runner.blocks
         return Answer(self.runner, suffix, with_turn_stops(gen, self.format), (), citing)
 
     def whole(self, doc: DocumentTokens, kind: str, gen: GenerationConfig, on_progress: Callable[[int], None] | None = None,
@@ -493,4 +536,4 @@ class Summarizer:
         """An overall summary from the part summaries."""
         fmt = self.format
         text = "\n\n".join(f"## {p.title}\n{p.text.strip()}" for p in pieces)
-        return self._run(fmt.summary_prefix("overall"), self.encoder.encode(text), fmt.summary_suffix("overall"), gen, None)
+        return self._run(fmt.summary_prefix("overall"), self.encoder.encode(text), fmt.summary_suffix("overall"), gen, None, is_document=False)

@@ -165,3 +165,8 @@ def test_errors(cli, tiny_chat_model_dir: Path, longbench_file: Path, tmp_path: 
     for args in (["--metric", "bleu"], ["--limit", "0"]):
         usage = eval_jsonl(cli, m, longbench_file, *args)
         assert usage.exit_code == 2 and "Traceback" not in usage.stderr and usage.stdout == ""
+
+
+def test_predictions_on_a_full_device_is_an_output_error(cli, tiny_chat_model_dir: Path, longbench_file: Path, scripted: list[str]) -> None:
+    result = eval_jsonl(cli, tiny_chat_model_dir, longbench_file, "--predictions", "/dev/full", "--force")
+    assert_one_line_error(result, 74, "cannot write --predictions /dev/full", "No space left")

@@ -39,9 +39,11 @@ class Outcome:
         return self.stdout.decode("utf-8", "replace")
 
 
-def _limits(memory_limit: int) -> None:
+def _limits(memory_limit: int, close: tuple[int, ...] = ()) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for fd in close:
+        os.close(fd)
 
 
 def run_cli(
@@ -53,11 +55,13 @@ def run_cli(
     cwd: Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    close: tuple[int, ...] = (),
 ) -> Outcome:
     """Run ``python -m infllm_cli ARGS`` offline, with an address-space limit and a wall-clock timeout.
 
     ``stdin`` may be bytes (piped), a file object or descriptor (e.g. an opened directory or /dev/null), or
     ``subprocess.DEVNULL``. ``stdout``/``stderr`` default to pipes; pass an opened ``/dev/full`` to test full devices.
+    ``close`` names descriptors (0, 1, 2) the child starts with closed, as after ``<&-``.
     A timeout fails the test (the child is killed): hangs are defects.
     """
     import time
@@ -83,7 +87,7 @@ def run_cli(
             cwd=cwd or REPO,
             env=full_env,
             timeout=timeout,
-            preexec_fn=lambda: _limits(memory_limit),
+            preexec_fn=lambda: _limits(memory_limit, tuple(close)),
             **kwargs,
         )
     except subprocess.TimeoutExpired as exc:  # pragma: no cover - a failing test
