@@ -32,7 +32,8 @@ EXIT_CODES_HELP = """\
 Exit codes: 0 success; 1 internal error (a bug: rerun with --debug for the traceback);
 2 usage error (bad option, argument or memory configuration); 3 input error (missing path, empty or
 binary input, no readable text, source over --max-tokens); 4 PDF error (encrypted without the right
-password, corrupt); 5 model error (unknown model, directory without weights, unsupported architecture);
+password, corrupt); 5 model error (unknown model, directory without weights, unsupported architecture, broken or inconsistent
+model files, a model that needs --trust-remote-code or --allow-pickle);
 6 device/backend error; 130 interrupted (Ctrl-C).
 """
 
@@ -119,9 +120,9 @@ def read_with_progress(document: Any, encoder: Any, opts: Options, reporter: Rep
 
 
 def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
-    """Open the source, check model and memory settings, and read the source into token ids, all before
-    the model's weights are loaded (so that bad input fails fast)."""
-    from ..models import read_model_config, resolve_device, resolve_dtype
+    """Open the source, check model (config, weight files, size) and memory settings, and read the source
+    into token ids, all before the model's weights are loaded (so that bad input fails fast)."""
+    from ..models import check_model, resolve_device, resolve_dtype
 
     gen = opts.generation_config()
     resolve_dtype(opts.dtype, resolve_device(opts.device))  # a device that cannot work fails here, not after reading
@@ -129,10 +130,11 @@ def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     choice = resolve_model(opts.model)
     log.debug("model %s (from %s)", choice.name, choice.origin)
     model_name = str(Path(choice.name).expanduser()) if Path(choice.name).expanduser().exists() else choice.name
-    model_config = read_model_config(model_name)
+    policy = opts.load_policy()
+    model_config = check_model(model_name, device=opts.device, dtype=opts.dtype, policy=policy).config
     memory, preset_name = opts.memory_config(model_config)
     log.debug("memory: preset %s -> %s", preset_name, memory.to_dict())
-    tokenizer = load_tokenizer(model_name)
+    tokenizer = load_tokenizer(model_name, policy=policy)
     doc = read_with_progress(document, HFEncoder(tokenizer), opts, reporter)
     log.info("%s", doc.describe())
     check_fit(doc, memory, opts.attention, model_config)
@@ -163,7 +165,7 @@ def load_runner(prep: Prepared) -> Any:
     opts = prep.opts
     quiet_library_progress()
     with prep.reporter.status(f"loading {prep.model_name}"):
-        loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype, tokenizer=prep.tokenizer)
+        loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype, tokenizer=prep.tokenizer, policy=opts.load_policy())
     log.debug("loaded %s on %s as %s", prep.model_name, loaded.device, loaded.dtype)
     return Runner(loaded, prep.memory, attention=opts.attention, backend=opts.backend)
 
@@ -402,8 +404,8 @@ def count(
         document = open_document(source, opts)
         choice = resolve_model(opts.model)
         model_name = choice.name
-        encoder, _ = choose_encoder(model_name)
-        config, config_note = offline_model_config(model_name)
+        encoder, _ = choose_encoder(model_name, opts.load_policy())
+        config, config_note = offline_model_config(model_name, opts.load_policy())
         memory, preset_name = opts.memory_config(config)
         doc = read_with_progress(document, encoder, opts, reporter, keep_ids=False)
         path = Path(model_name).expanduser()

@@ -45,6 +45,8 @@ class Options:
     model: Optional[str] = None
     device: str = "auto"
     dtype: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
     backend: str = "auto"
     # memory
     attention: str = "infllm"
@@ -109,6 +111,12 @@ class Options:
         )
         return config, name
 
+    def load_policy(self) -> Any:
+        """What loading the model may do beyond reading tensors (:class:`~infllm_cli.model_files.LoadPolicy`)."""
+        from ..model_files import LoadPolicy
+
+        return LoadPolicy(trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
+
     def generation_config(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
 
@@ -133,6 +141,8 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("model", Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="Hugging Face model id (from the local cache) or model directory. Default: $INFLLM_MODEL, then `model` in ~/.config/infllm/config.toml, then Qwen/Qwen2.5-1.5B-Instruct.", rich_help_panel=P_MODEL, show_default=False)),
         ("device", str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP, rich_help_panel=P_MODEL)),
         ("dtype", str, typer.Option("--dtype", metavar="DTYPE", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.", callback=_choice("dtype", DTYPES), rich_help_panel=P_MODEL)),
+        ("trust_remote_code", bool, typer.Option("--trust-remote-code", help="Run the Python code a model folder ships (auto_map) when its config or tokenizer needs it. Unsafe: that code can do anything your user can. Off: such models are refused.", rich_help_panel=P_MODEL)),
+        ("allow_pickle", bool, typer.Option("--allow-pickle", help="Load pickle weights (pytorch_model.bin) when a model has no safetensors. Unsafe: a pickle file can run code when read. Off: such models are refused.", rich_help_panel=P_MODEL)),
     ],
     "backend": [
         ("backend", str, typer.Option("--backend", metavar="NAME", help="Memory-attention kernels: auto (triton on CUDA, torch otherwise), torch or triton.", callback=_choice("backend", BACKENDS), rich_help_panel=P_MODEL)),
