@@ -136,10 +136,8 @@ def custom_code_needed(folder: Path, config: dict[str, Any]) -> str | None:
     Mirrors transformers: an ``auto_map`` is used only for a ``model_type`` transformers does not know, and a
     tokenizer ``auto_map`` only when ``tokenizer_class`` is not one of transformers' tokenizers.
     """
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
     model_map = {k: v for k, v in _auto_map(config).items() if k != "AutoTokenizer"}
-    if model_map and config["model_type"] not in CONFIG_MAPPING_NAMES:
+    if model_map and config["model_type"] not in _transformers_model_types():
         first = next(iter(model_map.items()))
         return f"config.json maps model_type {config['model_type']!r} to code in the folder (auto_map {first[0]}: {str(first[1])[:60]})"
     tok_path = folder / "tokenizer_config.json"
@@ -152,6 +150,12 @@ def custom_code_needed(folder: Path, config: dict[str, Any]) -> str | None:
         if not (isinstance(cls, str) and _known_tokenizer_class(cls)):
             return f"tokenizer_config.json names a custom tokenizer class {str(cls)[:40]!r} with code in the folder (auto_map AutoTokenizer)"
     return None
+
+
+def _transformers_model_types() -> Any:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES  # imports torch: only when needed
+
+    return CONFIG_MAPPING_NAMES
 
 
 def _known_tokenizer_class(name: str) -> bool:

@@ -75,11 +75,35 @@ def check_config_matches_weights(model: Any, weights: Weights) -> int:
                 f"config.json does not match the weights: {name[:80]} is {list(entry.shape)} in the weights but the "
                 f"config makes it {list(want)}"
             )
+    missing = _missing_parameters(model, weights, prefix)
+    if missing:
+        raise ModelError(
+            f"config.json does not match the weights: the weights lack {len(missing):,} tensor(s) the config needs "
+            f"(first: {missing[0]}); they would be left random"
+        )
     if numel > 1.05 * weights.numel + 1024:
         raise ModelError(
             f"config.json does not match the weights: it describes {numel:,} parameters, the weights hold {weights.numel:,}"
         )
     return numel
+
+
+def _missing_parameters(model: Any, weights: Weights, prefix: str) -> list[str]:
+    """Parameters of ``model`` with no tensor in the weights (a tied parameter counts when its partner is there)."""
+
+    def present(name: str) -> bool:
+        return name in weights.tensors or name.removeprefix(prefix + ".") in weights.tensors
+
+    tied = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or {}
+    partners: dict[str, set[str]] = {}
+    if isinstance(tied, dict):
+        for a, b in tied.items():
+            partners.setdefault(str(a), set()).add(str(b))
+            partners.setdefault(str(b), set()).add(str(a))
+    return [
+        name for name, _ in model.named_parameters()
+        if not present(name) and not any(present(p) for p in partners.get(name, ()))
+    ]
 
 
 def available_memory(device: torch.device) -> int | None:

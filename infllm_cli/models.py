@@ -160,6 +160,13 @@ def load_model(
         raise ModelError(f"out of memory while loading {name_or_path!r} on {dev} as {dt}") from None
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise ModelError(f"cannot load model {name_or_path!r}: {one_line(exc)}") from None
+    except Exception as exc:
+        if checked.weights.format != "pickle" or type(exc).__name__ != "UnpicklingError":
+            raise
+        raise ModelError(
+            f"{checked.weights.files[0]}: the pickle holds more than plain tensors, refused by torch.load(weights_only=True) "
+            f"({one_line(exc)[:100]})"
+        ) from None
     _check_loading_info(checked.folder, info)
     model.to(dev).eval()
     log.info("loaded %s (%s) on %s as %s", name_or_path, model.config.model_type, dev, dt)

@@ -122,15 +122,19 @@ def read_with_progress(document: Any, encoder: Any, opts: Options, reporter: Rep
 def prepare(source: str, opts: Options, reporter: Reporter) -> Prepared:
     """Open the source, check model (config, weight files, size) and memory settings, and read the source
     into token ids, all before the model's weights are loaded (so that bad input fails fast)."""
-    from ..models import check_model, resolve_device, resolve_dtype
+    from ..model_files import inspect_config
 
     gen = opts.generation_config()
-    resolve_dtype(opts.dtype, resolve_device(opts.device))  # a device that cannot work fails here, not after reading
     document = open_document(source, opts)
     choice = resolve_model(opts.model)
     log.debug("model %s (from %s)", choice.name, choice.origin)
     model_name = str(Path(choice.name).expanduser()) if Path(choice.name).expanduser().exists() else choice.name
     policy = opts.load_policy()
+    inspect_config(model_name, policy)  # a missing, broken or unsafe model fails here, before torch is imported
+
+    from ..models import check_model, resolve_device, resolve_dtype
+
+    resolve_dtype(opts.dtype, resolve_device(opts.device))  # a device that cannot work fails here, not after reading
     model_config = check_model(model_name, device=opts.device, dtype=opts.dtype, policy=policy).config
     memory, preset_name = opts.memory_config(model_config)
     log.debug("memory: preset %s -> %s", preset_name, memory.to_dict())
