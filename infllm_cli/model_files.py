@@ -183,19 +183,29 @@ def inspect_config(name: str, policy: LoadPolicy = SAFE, *, require_supported: b
         if policy.trust_remote_code:
             reason = f"config.json's auto_map replaces transformers' {config['model_type']!r} classes with code in the folder"
         else:
-            log.warning(
-                "%s: config.json's auto_map (custom code) is ignored: model_type %r is loaded with transformers' own classes",
-                folder, config["model_type"],
+            _warn_once(
+                f"{folder}: config.json's auto_map (custom code) is ignored: model_type {config['model_type']!r} is "
+                "loaded with transformers' own classes"
             )
     if reason is not None:
         if not policy.trust_remote_code:
             raise UnsafeModelError(f"{folder}: the model needs its own Python code: {reason}; {TRUST_HINT}")
-        log.warning("running the Python code shipped with %s (--trust-remote-code): %s", folder, reason)
+        _warn_once(f"running the Python code shipped with {folder} (--trust-remote-code): {reason}")
     if require_supported and config["model_type"] not in SUPPORTED_FAMILIES:
         raise ModelError(
             f"unsupported architecture {config['model_type']!r} for {name}; supported: {', '.join(SUPPORTED_FAMILIES)}"
         )
     return folder, config
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning about a model folder, once per process (the folder is inspected at every step)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
 
 
 @contextmanager

@@ -184,3 +184,20 @@ def test_nothing_in_the_code_base_unpickles() -> None:
                         if any(k.arg == "allow_pickle" for k in node.keywords):
                             offenders.append(f"{where} calls numpy.load with allow_pickle")
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_transformers_load_is_local_and_names_its_trust() -> None:
+    """Each from_pretrained/from_config call in the library passes trust_remote_code explicitly (never the
+    prompting default), and each from_pretrained passes local_files_only=True."""
+    offenders: list[str] = []
+    for path in sorted((REPO / "infllm_cli").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("from_pretrained", "from_config"):
+                names = {k.arg: k.value for k in node.keywords}
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                if "trust_remote_code" not in names:
+                    offenders.append(f"{where}: no trust_remote_code")
+                local = names.get("local_files_only")
+                if node.func.attr == "from_pretrained" and not (isinstance(local, ast.Constant) and local.value is True):
+                    offenders.append(f"{where}: no local_files_only=True")
+    assert not offenders, "\n".join(offenders)
