@@ -18,6 +18,8 @@ _EXPORTS = {
     "PRESETS": "config",
     "preset": "config",
     "LoadedModel": "models",
+    "LoadPolicy": "model_files",
+    "check_model": "models",
     "load_model": "models",
     "Runner": "runner",
     "RunStats": "runner",

@@ -6,7 +6,8 @@ Exit codes
 2    usage error (bad option or argument value)
 3    input error: missing path, empty input, binary file, no readable text, needs OCR, too large
 4    PDF error: encrypted without the right password, corrupt beyond recovery
-5    model error: unknown model, directory without weights, unsupported architecture
+5    model error: unknown model, directory without weights, unsupported architecture, broken or
+     inconsistent model files, a model that would run code (remote code, pickle) without the user's opt-in
 6    backend/device error: the requested backend or device cannot run here
 74   output error: stdout cannot be written (a full device such as ``>/dev/full``, an I/O error, or stdout
      closed before the start); one ``error:`` line on stderr (``EX_IOERR`` of sysexits.h)
@@ -41,6 +42,10 @@ class PdfError(InputError):
 
 class ModelError(InfllmError):
     exit_code = 5
+
+
+class UnsafeModelError(ModelError):
+    """A model refused because loading it would run code from its folder (custom Python, pickle)."""
 
 
 class DeviceError(InfllmError):

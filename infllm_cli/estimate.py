@@ -142,19 +142,22 @@ def cached_tiktoken(name: str) -> Any | None:
     return tiktoken.Encoding(**spec)
 
 
-def choose_encoder(model: str | None) -> tuple[Any, str | None]:
+def choose_encoder(model: str | None, policy: Any = None) -> tuple[Any, str | None]:
     """The best available token basis for ``count`` and the note on why better ones were not used.
 
     Returns ``(encoder, tokenizer_or_None)``; the encoder has ``encode(text)``, ``description``, ``exact``.
+    A model whose tokenizer would run code from its folder is not an "unavailable" tokenizer: its
+    :class:`~infllm_cli.errors.UnsafeModelError` is raised.
     """
+    from .errors import ModelError, UnsafeModelError
     from .tokens import HFEncoder, load_tokenizer
 
     if model:
-        path = Path(model).expanduser()
-        local = path.is_dir()
         try:
-            tok = load_tokenizer(str(path) if local else model, local_files_only=True)
-        except Exception as exc:
+            tok = load_tokenizer(model, policy=policy)
+        except UnsafeModelError:
+            raise
+        except ModelError as exc:
             log.info("model tokenizer not available offline (%s); estimating instead", exc)
         else:
             return HFEncoder(tok, f"model tokenizer: {model}"), tok
@@ -166,27 +169,26 @@ def choose_encoder(model: str | None) -> tuple[Any, str | None]:
     return CharEstimator(), None
 
 
-def offline_model_config(model: str | None) -> tuple[Any | None, str]:
+def offline_model_config(model: str | None, policy: Any = None) -> tuple[Any | None, str]:
     """The model's config without loading weights or touching the network; ``(None, reason)`` if not
-    available (a hub id that is not in the local cache, an invalid directory)."""
+    available (a hub id that is not in the local cache, an invalid directory). A model that would run
+    code from its folder raises :class:`~infllm_cli.errors.UnsafeModelError`."""
+    from .errors import ModelError, UnsafeModelError
+    from .model_files import SAFE
+    from .models import read_model_config
+
     if not model:
         return None, "no model given"
     path = Path(model).expanduser()
-    if path.exists():
-        from .errors import ModelError
-        from .models import read_model_config
-
-        try:
-            return read_model_config(str(path)), f"config of {path}"
-        except ModelError as exc:
+    try:
+        return read_model_config(model, policy or SAFE), f"config of {path}" if path.exists() else f"cached config of {model}"
+    except UnsafeModelError:
+        raise
+    except ModelError as exc:
+        if path.exists():
             log.warning("%s", exc)
             return None, str(exc)
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(model, local_files_only=True), f"cached config of {model}"
-    except Exception as exc:
-        log.debug("no local config for %s: %s: %s", model, type(exc).__name__, exc)
+        log.debug("no local config for %s: %s", model, exc)
         return None, f"the config of {model} is not available offline; pass --model with a local model directory"
 
 

@@ -1,7 +1,12 @@
 """Load a causal LM and its tokenizer from a local directory or the local Hugging Face cache.
 
-Nothing is downloaded implicitly when ``HF_HUB_OFFLINE`` is set; a hub id that is not cached gets one clear
-error. Only architectures whose attention the memory has been validated on are accepted.
+Nothing is downloaded: a hub id is resolved to its cached snapshot folder by looking at the cache only
+(:mod:`.model_files`), and every transformers call gets ``local_files_only=True``. Nothing from the model
+folder is run: ``trust_remote_code`` is False unless the :class:`LoadPolicy` says otherwise, and pickle
+checkpoints are refused unless it allows them (:mod:`.model_weights`). Before any weight is allocated the
+weight headers, the config's shapes and the memory the parameters need are checked (:mod:`.model_fit`),
+so a broken or hostile model folder gives one :class:`ModelError` line. Only architectures whose attention
+the memory has been validated on are accepted.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import torch
 
 from .errors import DeviceError, ModelError
 from .formatting import one_line
+from .model_files import SAFE, SUPPORTED_FAMILIES, LoadPolicy, inspect_config, transformers_quiet
+from .model_fit import check_fits
+from .model_weights import Weights, find_weights
 
 log = logging.getLogger("infllm.models")
 
-SUPPORTED_FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+__all__ = ["LoadPolicy", "LoadedModel", "CheckedModel", "SUPPORTED_FAMILIES", "check_model", "load_model", "read_model_config"]
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
 
 @dataclass
@@ -38,10 +46,8 @@ class LoadedModel:
         ids: set[int] = set()
         for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
             value = getattr(source, "eos_token_id", None) if source is not None else None
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, (list, tuple)):
-                ids.update(int(v) for v in value)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            ids.update(v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0)
         return ids
 
 
@@ -72,61 +78,115 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise DeviceError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}") from None
 
 
-def _check_local_dir(path: Path) -> None:
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: not a model directory (no config.json)")
-    if not any(next(path.glob(p), None) for p in WEIGHT_PATTERNS):
-        raise ModelError(f"{path}: no model weights (*.safetensors or pytorch_model*.bin) in this directory")
-
-
-def read_model_config(name_or_path: str) -> Any:
+def read_model_config(name_or_path: str, policy: LoadPolicy = SAFE) -> Any:
     """The model's config only (no weights), checked against the supported families."""
+    folder, raw = inspect_config(name_or_path, policy)
+    return _auto_config(folder, raw, policy)
+
+
+def _auto_config(folder: Path, raw: dict[str, Any], policy: LoadPolicy) -> Any:
     from transformers import AutoConfig
 
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path}: not a model directory (no config.json)")
     try:
-        config = AutoConfig.from_pretrained(str(path) if path.exists() else name_or_path)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"model {name_or_path!r} is neither a local model directory nor in the local Hugging Face cache "
-            f"({type(exc).__name__}); download it first or pass a directory"
-        ) from None
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_FAMILIES:
-        raise ModelError(
-            f"unsupported architecture {model_type!r} for {name_or_path}; supported: {', '.join(SUPPORTED_FAMILIES)}"
-        )
-    return config
+        with transformers_quiet():
+            return AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=policy.trust_remote_code)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # transformers' config validation raises many types
+        raise ModelError(f"{folder / 'config.json'}: not a valid {raw['model_type']} config: {one_line(exc)}") from None
 
 
-def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", tokenizer: Any = None) -> LoadedModel:
+@dataclass
+class CheckedModel:
+    """A model folder whose config, weight files and size were checked and can be loaded."""
+
+    name: str
+    folder: Path
+    config: Any
+    weights: Weights
+    parameters: int
+
+
+def check_model(name_or_path: str, device: str = "auto", dtype: str = "auto", policy: LoadPolicy = SAFE) -> CheckedModel:
+    """Everything :func:`load_model` checks before it allocates a weight (cheap: reads headers only)."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    folder, raw = inspect_config(name_or_path, policy)
+    weights = find_weights(folder, policy)
+    config = _auto_config(folder, raw, policy)
+    try:
+        with transformers_quiet():
+            parameters = check_fits(config, weights, dt, dev, trust_remote_code=policy.trust_remote_code)
+    except ModelError as exc:
+        raise ModelError(f"{folder}: {exc}") from None
+    log.debug("%s: %s weights in %d file(s), %s parameters", folder, weights.format, len(weights.files), f"{parameters:,}")
+    return CheckedModel(name_or_path, folder, config, weights, parameters)
+
+
+def load_model(
+    name_or_path: str, device: str = "auto", dtype: str = "auto", tokenizer: Any = None, policy: LoadPolicy = SAFE
+) -> LoadedModel:
     """Load model and tokenizer (unless one is passed, e.g. already used to read the document), in eval
     mode on ``device``.
 
-    Raises :class:`ModelError` for an unknown model, a directory without weights or an unsupported
-    architecture, and :class:`DeviceError` for a device or dtype that cannot be used.
+    Raises :class:`ModelError` for an unknown model, a directory without (loadable, safe, consistent)
+    weights, code it would have to run, or an unsupported architecture, and :class:`DeviceError` for a
+    device or dtype that cannot be used.
     """
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .tokens import load_tokenizer
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        _check_local_dir(path)
-        source = str(path)
-    else:
-        source = name_or_path
-    read_model_config(source)
+    checked = check_model(name_or_path, device=str(dev), dtype=str(dt).removeprefix("torch."), policy=policy)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name_or_path, policy=policy)
     try:
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, attn_implementation="sdpa")
-    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a damaged weights file
+        with transformers_quiet():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(checked.folder),
+                config=checked.config,
+                dtype=dt,
+                attn_implementation="sdpa",
+                local_files_only=True,
+                trust_remote_code=policy.trust_remote_code,
+                use_safetensors=checked.weights.format == "safetensors",
+                output_loading_info=True,
+            )
+    except KeyboardInterrupt:
+        raise
+    except torch.OutOfMemoryError:
+        raise ModelError(f"out of memory while loading {name_or_path!r} on {dev} as {dt}") from None
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise ModelError(f"cannot load model {name_or_path!r}: {one_line(exc)}") from None
+    except Exception as exc:
+        if checked.weights.format != "pickle" or type(exc).__name__ != "UnpicklingError":
+            raise
+        raise ModelError(
+            f"{checked.weights.files[0]}: the pickle holds more than plain tensors, refused by torch.load(weights_only=True) "
+            f"({one_line(exc)[:100]})"
+        ) from None
+    _check_loading_info(checked.folder, info)
     model.to(dev).eval()
     log.info("loaded %s (%s) on %s as %s", name_or_path, model.config.model_type, dev, dt)
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, dtype=dt, name=name_or_path)
+
+
+def _check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    """Weights that would be left random or were reshaped are errors, not warnings."""
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        key, ckpt, want = (list(mismatched[0]) + [None, None])[:3]
+        raise ModelError(f"{folder}: config.json does not match the weights: {key} is {ckpt} in the weights, the config makes it {want}")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ModelError(
+            f"{folder}: the weights lack {len(missing)} tensor(s) the model needs (first: {missing[0]}); they would be left random"
+        )
+    errors = info.get("error_msgs") or []
+    if errors:
+        raise ModelError(f"{folder}: cannot load the weights: {one_line(errors[0])}")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        log.debug("%s: %d tensor(s) in the weights are not used by the model (first: %s)", folder, len(unexpected), unexpected[0])

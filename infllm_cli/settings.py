@@ -77,8 +77,11 @@ class ModelChoice:
 
 
 def resolve_model(option: str | None) -> ModelChoice:
-    """The model to use, and where the choice came from (for the log)."""
-    if option:
+    """The model to use, and where the choice came from (for the log). An empty ``--model`` is a usage
+    error, never a silent fall-back to the next source."""
+    if option is not None:
+        if not option.strip():
+            raise UsageError("--model is empty; pass a model directory or a hub id from the local Hugging Face cache")
         return ModelChoice(option, "option --model")
     env = os.environ.get(ENV_MODEL, "").strip()
     if env:

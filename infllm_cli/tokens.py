@@ -80,17 +80,29 @@ def even_ends(n_tokens: int, n_chars: int) -> list[int]:
     return [((i + 1) * n_chars) // n_tokens for i in range(n_tokens)] if n_tokens else []
 
 
-def load_tokenizer(name_or_path: str, *, local_files_only: bool = False) -> Any:
-    """Load only the tokenizer of ``name_or_path`` (a local directory or a hub id).
+def load_tokenizer(name_or_path: str, *, policy: Any = None, local_files_only: bool = True) -> Any:
+    """Load only the tokenizer of ``name_or_path`` (a local directory or a hub id in the local cache).
 
-    Raises :class:`ModelError` with a one-line message when it cannot be loaded.
+    Nothing is downloaded and no code from the model folder runs unless ``policy``
+    (:class:`~infllm_cli.model_files.LoadPolicy`) trusts remote code. ``local_files_only`` is accepted for
+    compatibility and must stay True. Raises :class:`ModelError` with a one-line message when the tokenizer
+    cannot be loaded (:class:`~infllm_cli.errors.UnsafeModelError` when it would run the folder's code).
     """
     from transformers import AutoTokenizer
 
+    from .model_files import SAFE, inspect_config, transformers_quiet
+
+    if not local_files_only:
+        raise ValueError("infllm never downloads: local_files_only must be True")
+    policy = policy or SAFE
+    folder, _ = inspect_config(name_or_path, policy, require_supported=False)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
+        with transformers_quiet():
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=policy.trust_remote_code)
+    except KeyboardInterrupt:
+        raise
     except Exception as exc:  # transformers raises OSError/ValueError/... with multi-line messages
-        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {one_line(exc)}") from exc
+        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {one_line(exc)}") from None
 
 
 @dataclass

@@ -33,7 +33,8 @@ Exit codes: 0 success; 1 internal error (a bug: rerun with --debug for the trace
 2 usage error (bad option, argument or memory configuration); 3 input error (missing path, empty or
 binary input, no readable text, source over --max-tokens, stdin closed, a read predicted not to fit in
 memory: see --memory-budget); 4 PDF error (encrypted without the right password, corrupt); 5 model error
-(unknown model, directory without weights, unsupported architecture); 6 device/backend error; 74 stdout
+(unknown model, directory without weights, unsupported architecture, broken or inconsistent model
+files, a model that needs --trust-remote-code or --allow-pickle); 6 device/backend error; 74 stdout
 cannot be written (full device, I/O error, closed); 130 interrupted (Ctrl-C); 141 stdout closed by its
 reader (e.g. | head), stopped quietly. An unwritable stderr never changes the exit code.
 """
@@ -121,26 +122,32 @@ def read_with_progress(document: Any, encoder: Any, opts: Options, reporter: Rep
 
 
 def prepare(source: str, opts: Options, reporter: Reporter, questions: Sequence[str] = ()) -> Prepared:
-    """Open the source, check model and memory settings (and that ``questions`` fit the local window), and
-    read the source into token ids, all before the model's weights are loaded (so that bad input fails fast)."""
-    from ..models import read_model_config, resolve_device, resolve_dtype
+    """Open the source, check model (config, weight files, size) and memory settings (and that ``questions``
+    fit the local window), and read the source into token ids, all before the model's weights are loaded (so
+    that bad input fails fast)."""
+    from ..model_files import inspect_config
 
     from ..budget import budget
 
     gen = opts.generation_config()
     if opts.cite and opts.attention == "dense":
         raise UsageError("--cite needs the context memory: use --attention infllm (or streaming), not dense")
-    device = resolve_device(opts.device)
-    resolve_dtype(opts.dtype, device)  # a device that cannot work fails here, not after reading
-    available = budget(opts.memory_budget, device.type, str(device))  # a bad --memory-budget fails here too
     document = open_document(source, opts)
     choice = resolve_model(opts.model)
     log.debug("model %s (from %s)", choice.name, choice.origin)
     model_name = str(Path(choice.name).expanduser()) if Path(choice.name).expanduser().exists() else choice.name
-    model_config = read_model_config(model_name)
+    policy = opts.load_policy()
+    inspect_config(model_name, policy)  # a missing, broken or unsafe model fails here, before torch is imported
+
+    from ..models import check_model, resolve_device, resolve_dtype
+
+    device = resolve_device(opts.device)
+    resolve_dtype(opts.dtype, device)  # a device that cannot work fails here, not after reading
+    available = budget(opts.memory_budget, device.type, str(device))  # a bad --memory-budget fails here too
+    model_config = check_model(model_name, device=opts.device, dtype=opts.dtype, policy=policy).config
     memory, preset_name = opts.memory_config(model_config)
     log.debug("memory: preset %s -> %s", preset_name, memory.to_dict())
-    tokenizer = load_tokenizer(model_name)
+    tokenizer = load_tokenizer(model_name, policy=policy)
     if questions:
         from .session import check_question_tokens, question_token_limit
 
@@ -195,7 +202,8 @@ def load_runner(prep: Prepared) -> Any:
     opts = prep.opts
     quiet_library_progress()
     with prep.reporter.status(f"loading {prep.model_name}"):
-        loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype, tokenizer=prep.tokenizer)
+        loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype, tokenizer=prep.tokenizer, policy=opts.load_policy())
+    log.debug("loaded %s on %s as %s", prep.model_name, loaded.device, loaded.dtype)
     return Runner(loaded, prep.memory, attention=opts.attention, backend=opts.backend)
 
 
@@ -436,8 +444,8 @@ def count(
         document = open_document(source, opts)
         choice = resolve_model(opts.model)
         model_name = choice.name
-        encoder, _ = choose_encoder(model_name)
-        config, config_note = offline_model_config(model_name)
+        encoder, _ = choose_encoder(model_name, opts.load_policy())
+        config, config_note = offline_model_config(model_name, opts.load_policy())
         memory, preset_name = opts.memory_config(config)
         doc = read_with_progress(document, encoder, opts, reporter, keep_ids=False)
         path = Path(model_name).expanduser()

@@ -150,16 +150,17 @@ def perplexity_cmd(
     """Per-token negative log-likelihood of SOURCE, overall and by position bucket (0-256, 256-512, 512-1K, ...)."""
     with handle_errors(opts):
         from ..evaluate import perplexity  # torch/transformers: imported only when the command runs
-        from ..models import load_model, read_model_config
+        from ..models import check_model, load_model
         from ..settings import resolve_model
 
         reporter = start(opts)
         model_name = resolve_model(opts.model).name
-        memory, preset_name = opts.memory_config(read_model_config(model_name))
+        policy = opts.load_policy()
+        memory, preset_name = opts.memory_config(check_model(model_name, device=opts.device, dtype=opts.dtype, policy=policy).config)
         ids = json_token_ids(source) if token_ids else None
         quiet_library_progress()
         with reporter.status(f"loading {model_name}"):
-            loaded = load_model(model_name, device=opts.device, dtype=opts.dtype)
+            loaded = load_model(model_name, device=opts.device, dtype=opts.dtype, policy=policy)
         text_ids = None
         if ids is None:
             ids = text_ids = TextTokenIds(source, loaded.tokenizer, opts)

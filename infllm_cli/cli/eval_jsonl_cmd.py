@@ -102,7 +102,7 @@ def jsonl_cmd(
     with handle_errors(opts):
         from ..config import GenerationConfig
         from ..longbench import METRICS, evaluate_rows, read_rows
-        from ..models import load_model, read_model_config, resolve_device, resolve_dtype
+        from ..models import check_model, load_model, resolve_device, resolve_dtype
         from ..settings import resolve_model
         from ..tokens import load_tokenizer
 
@@ -115,11 +115,12 @@ def jsonl_cmd(
         rows = read_rows(file, task or (), limit)
         choice = resolve_model(opts.model)
         model_name = str(Path(choice.name).expanduser()) if Path(choice.name).expanduser().exists() else choice.name
-        memory, preset_name = opts.memory_config(read_model_config(model_name))
-        tokenizer = load_tokenizer(model_name)
+        policy = opts.load_policy()
+        memory, preset_name = opts.memory_config(check_model(model_name, device=opts.device, dtype=opts.dtype, policy=policy).config)
+        tokenizer = load_tokenizer(model_name, policy=policy)
         quiet_library_progress()
         with reporter.status(f"loading {model_name}"):
-            loaded = load_model(model_name, device=opts.device, dtype=opts.dtype, tokenizer=tokenizer)
+            loaded = load_model(model_name, device=opts.device, dtype=opts.dtype, tokenizer=tokenizer, policy=policy)
         from ..runner import Runner
 
         runner = Runner(loaded, memory, attention=opts.attention, backend=opts.backend)

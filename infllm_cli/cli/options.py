@@ -55,6 +55,8 @@ class Options:
     model: Optional[str] = None
     device: str = "auto"
     dtype: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
     backend: str = "auto"
     threads: Optional[str] = None  # parsed by infllm_cli.threads (a usage error unless a positive integer)
     # memory
@@ -142,6 +144,12 @@ class Options:
 
         return MemoryCache(max_bytes=_size(self.max_cache_size))
 
+    def load_policy(self) -> Any:
+        """What loading the model may do beyond reading tensors (:class:`~infllm_cli.model_files.LoadPolicy`)."""
+        from ..model_files import LoadPolicy
+
+        return LoadPolicy(trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
+
     def generation_config(self, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> GenerationConfig:
         """The decoding settings; ``default_max_new_tokens`` when --max-new-tokens was not given."""
         limit = default_max_new_tokens if self.max_new_tokens is None else self.max_new_tokens
@@ -192,6 +200,8 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("device", str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP, rich_help_panel=P_MODEL)),
         ("dtype", str, typer.Option("--dtype", metavar="DTYPE", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.", callback=_choice("dtype", DTYPES), rich_help_panel=P_MODEL)),
         ("threads", Optional[str], typer.Option("--threads", metavar="N", help="CPU threads for the model's computation. Default: $INFLLM_THREADS, else the physical cores not kept busy by other processes (logged with -v).", rich_help_panel=P_MODEL, show_default=False)),
+        ("trust_remote_code", bool, typer.Option("--trust-remote-code", help="Run the Python code a model folder ships (auto_map) when its config or tokenizer needs it. Unsafe: that code can do anything your user can. Off: such models are refused.", rich_help_panel=P_MODEL)),
+        ("allow_pickle", bool, typer.Option("--allow-pickle", help="Load pickle weights (pytorch_model.bin) when a model has no safetensors. Unsafe: a pickle file can run code when read. Off: such models are refused.", rich_help_panel=P_MODEL)),
     ],
     "backend": [
         ("backend", str, typer.Option("--backend", metavar="NAME", help="Memory-attention kernels: auto (triton on CUDA, torch otherwise), torch or triton.", callback=_choice("backend", BACKENDS), rich_help_panel=P_MODEL)),

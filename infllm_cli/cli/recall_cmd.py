@@ -49,7 +49,7 @@ def recall_cmd(
     """Recall of planted facts from long synthetic contexts: answer-token accuracy, exact match, NLL, and
     whether each layer's block selection found the evidence (hit rate, rank), per task x length x depth."""
     with handle_errors(opts):
-        from ..models import load_model, read_model_config
+        from ..models import check_model, load_model
         from ..recall import KEY_FORMATS, TASKS, parse_length
         from ..recall_eval import Variant, run_recall, summarize
         from ..settings import resolve_model
@@ -71,10 +71,11 @@ def recall_cmd(
             raise UsageError("--oracle forces blocks into the memory's selection: it needs --attention infllm")
         reporter = start(opts)
         model_name = resolve_model(opts.model).name
-        memory, preset_name = opts.memory_config(read_model_config(model_name))
+        policy = opts.load_policy()
+        memory, preset_name = opts.memory_config(check_model(model_name, device=opts.device, dtype=opts.dtype, policy=policy).config)
         quiet_library_progress()
         with reporter.status(f"loading {model_name}"):
-            loaded = load_model(model_name, device=opts.device, dtype=opts.dtype)
+            loaded = load_model(model_name, device=opts.device, dtype=opts.dtype, policy=policy)
         name = opts.attention if opts.attention != "infllm" else f"infllm-{opts.selection}"
         variants = [Variant(name, opts.attention, memory)]
         if oracle:

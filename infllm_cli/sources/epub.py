@@ -28,7 +28,7 @@ from ..errors import InputError
 from .base import ReadReport, Span
 from ..formatting import one_line
 from .common import warn
-from .encoding import ENCODING_SAMPLE, check_codec, describe, detect_encoding
+from .encoding import ENCODING_SAMPLE, check_codec, detect_encoding
 from .html import HtmlDocument
 
 _HTML_TYPES = frozenset({"application/xhtml+xml", "text/html", "application/xml", "text/xml"})

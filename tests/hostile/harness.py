@@ -56,12 +56,15 @@ def run_cli(
     timeout: float = DEFAULT_TIMEOUT,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     close: tuple[int, ...] = (),
+    unset: tuple[str, ...] = (),
 ) -> Outcome:
     """Run ``python -m infllm_cli ARGS`` offline, with an address-space limit and a wall-clock timeout.
 
     ``stdin`` may be bytes (piped), a file object or descriptor (e.g. an opened directory or /dev/null), or
     ``subprocess.DEVNULL``. ``stdout``/``stderr`` default to pipes; pass an opened ``/dev/full`` to test full devices.
     ``close`` names descriptors (0, 1, 2) the child starts with closed, as after ``<&-``.
+    ``unset`` names environment variables removed from the child's environment (e.g. ``HF_HUB_OFFLINE``, to
+    check that the tool stays offline on its own).
     A timeout fails the test (the child is killed): hangs are defects.
     """
     import time
@@ -73,6 +76,8 @@ def run_cli(
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         **(env or {}),
     }
+    for name in unset:
+        full_env.pop(name, None)
     kwargs: dict = {}
     if isinstance(stdin, (bytes, bytearray)):
         kwargs["input"] = bytes(stdin)
