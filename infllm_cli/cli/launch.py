@@ -81,16 +81,12 @@ def _rich_broken_pipe_raises() -> None:
 
 
 def _show(exc: Exception) -> None:
-    """Print a usage error as Typer does in standalone mode; lost if stderr cannot be written."""
-    try:
-        try:
-            from typer import rich_utils
-        except ImportError:  # pragma: no cover - Typer without rich
-            exc.show()  # type: ignore[attr-defined]
-        else:
-            rich_utils.rich_format_error(exc)
-    except (OSError, ValueError):
-        pass
+    """Print a usage error as one line, ``error: <message> (see: infllm CMD --help)``; lost if stderr cannot
+    be written."""
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see: {ctx.command_path} --help)" if ctx is not None and getattr(ctx, "command_path", "") else ""
+    stdio.write_err(f"error: {message}{hint}")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -324,3 +324,13 @@ def test_directory_as_stdin(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert_clean_failure(outcome, 3, "directory")
+
+
+def test_usage_errors_are_one_error_line_naming_the_range() -> None:
+    """click's usage errors (out-of-range values, unknown options, missing arguments) are one ``error:`` line
+    with exit 2, not a multi-line panel."""
+    line = assert_clean_failure(run_cli("ask", "book.txt", "q", "--n-local", 10**12), 2, "--n-local")
+    assert "1048576" in line and "--help" in line
+    assert_clean_failure(run_cli("count", "--bogus"), 2, "--bogus")
+    assert_clean_failure(run_cli("ask"), 2, "SOURCE")
+    assert len(run_cli("ask").err.strip().splitlines()) == 1
