@@ -20,6 +20,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
+from .sources.base import format_location
+
 
 @dataclass(frozen=True)
 class SpanLocation:
@@ -34,12 +36,7 @@ class SpanLocation:
 
     def location(self) -> str:
         """E.g. ``book.pdf p.12``, ``src/a.py:10-42`` (as :meth:`infllm_cli.sources.base.Span.location`)."""
-        where = self.path
-        if self.page is not None:
-            where += f" p.{self.page}"
-        if self.line_start is not None:
-            where += f":{self.line_start}" + (f"-{self.line_end}" if self.line_end not in (None, self.line_start) else "")
-        return where
+        return format_location(self.path, self.page, self.line_start, self.line_end)
 
     def key(self) -> tuple[str, int | None, str | None]:
         return (self.path, self.page, self.section)

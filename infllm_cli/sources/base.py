@@ -12,6 +12,16 @@ from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 
+def format_location(path: str, page: int | None, line_start: int | None, line_end: int | None) -> str:
+    """``path``, `` p.PAGE`` when paged, ``:START-END`` (or ``:LINE``) when lines are known."""
+    where = path
+    if page is not None:
+        where += f" p.{page}"
+    if line_start is not None:
+        where += f":{line_start}" + (f"-{line_end}" if line_end not in (None, line_start) else "")
+    return where
+
+
 @dataclass(frozen=True)
 class Span:
     """A piece of text and where it came from.
@@ -34,12 +44,7 @@ class Span:
 
     def location(self) -> str:
         """Human-readable provenance, e.g. ``book.pdf p.12`` or ``src/a.py:10-42``."""
-        where = self.path
-        if self.page is not None:
-            where += f" p.{self.page}"
-        if self.line_start is not None:
-            where += f":{self.line_start}" + (f"-{self.line_end}" if self.line_end not in (None, self.line_start) else "")
-        return where
+        return format_location(self.path, self.page, self.line_start, self.line_end)
 
 
 @dataclass
