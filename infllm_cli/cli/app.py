@@ -203,7 +203,6 @@ def load_runner(prep: Prepared) -> Any:
     quiet_library_progress()
     with prep.reporter.status(f"loading {prep.model_name}"):
         loaded = load_model(prep.model_name, device=opts.device, dtype=opts.dtype, tokenizer=prep.tokenizer, policy=opts.load_policy())
-    log.debug("loaded %s on %s as %s", prep.model_name, loaded.device, loaded.dtype)
     return Runner(loaded, prep.memory, attention=opts.attention, backend=opts.backend)
 
 

@@ -38,15 +38,23 @@ def test_invalid_thread_counts_are_usage_errors(story_txt: Path, tiny_llama_dir:
     assert_clean_failure(out, 2, contains="positive integer")
 
 
-def test_preflight_refuses_before_loading_weights(story_txt: Path, garbage_weights_dir: Path) -> None:
-    out = run_cli("ask", story_txt, "Who?", "-m", garbage_weights_dir, *KNOBS, "--memory-budget", "64M")
+def test_preflight_refuses_before_loading_weights(story_txt: Path, tiny_llama_dir: Path) -> None:
+    out = run_cli("ask", story_txt, "Who?", "-m", tiny_llama_dir, *KNOBS, "--memory-budget", "64M", "-v")
     line = assert_clean_failure(out, 3, contains="predicted to need")
     assert "64.0 MiB is available (--memory-budget)" in line and "--skip-memory-check" in line
-    out = run_cli("ask", story_txt, "Who?", "-m", garbage_weights_dir, *KNOBS, env={"INFLLM_MEMORY_BUDGET": "64M"})
+    assert "loaded " not in out.err  # the weights were never loaded (-v logs the load)
+    out = run_cli("ask", story_txt, "Who?", "-m", tiny_llama_dir, *KNOBS, env={"INFLLM_MEMORY_BUDGET": "64M"})
     assert_clean_failure(out, 3, contains="(INFLLM_MEMORY_BUDGET)")
-    # the same run allowed to start fails at loading the weights: the check came first
-    out = run_cli("ask", story_txt, "Who?", "-m", garbage_weights_dir, *KNOBS, "--memory-budget", "64M", "--skip-memory-check")
-    assert_clean_failure(out, 5, contains="cannot load model")
+    # the same run allowed to start loads the weights and answers
+    out = run_cli("ask", story_txt, "Who?", "-m", tiny_llama_dir, *KNOBS, "--memory-budget", "64M", "--skip-memory-check", "-v")
+    assert_clean_success(out)
+    assert "loaded " in out.err
+
+
+def test_damaged_weights_fail_before_the_document_is_read(story_txt: Path, garbage_weights_dir: Path) -> None:
+    """A weights file that is not safetensors is refused from its header (exit 5), before any read or load."""
+    out = run_cli("ask", story_txt, "Who?", "-m", garbage_weights_dir, *KNOBS, "--memory-budget", "64M")
+    assert_clean_failure(out, 5, contains="not a valid safetensors file")
 
 
 def test_bad_memory_budget_is_a_usage_error(story_txt: Path, tiny_llama_dir: Path) -> None:
