@@ -266,12 +266,14 @@ def emit_sources(answer: Any, opts: Options) -> list[dict[str, Any]]:
 
 
 @dataclass
-class Answer:
+class Streamed:
+    """What :func:`stream_answer` consumed (not :class:`~infllm_cli.cli.session.Answer`, the live generator)."""
+
     text: str
     truncated: bool  # generation stopped at --max-new-tokens, not at the end of the answer
 
 
-def stream_answer(deltas: Iterator[str], reporter: Reporter, runner: Any, gen: GenerationConfig, *, to_stdout: bool) -> Answer:
+def stream_answer(deltas: Iterator[str], reporter: Reporter, runner: Any, gen: GenerationConfig, *, to_stdout: bool) -> Streamed:
     """Consume an answer; echo it to stdout as it comes unless ``to_stdout`` is False (JSON mode). An answer
     cut at ``gen.max_new_tokens`` gets one warning line on stderr."""
     pieces: list[str] = []
@@ -286,7 +288,7 @@ def stream_answer(deltas: Iterator[str], reporter: Reporter, runner: Any, gen: G
     truncated = gen.max_new_tokens > 0 and runner.finish_reason == "length"
     if truncated:
         log.warning("the answer was cut at --max-new-tokens %d (raise it for a complete answer)", gen.max_new_tokens)
-    return Answer("".join(pieces), truncated)
+    return Streamed("".join(pieces), truncated)
 
 
 # -- commands ------------------------------------------------------------------------------------------

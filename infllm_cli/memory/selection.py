@@ -45,8 +45,12 @@ class BlockSelector:
     def queries(self, q_mem: torch.Tensor) -> torch.Tensor:
         """[H, Lq, D'] scoring queries: the chunk's mean query (``query_score="mean"``) or all its queries,
         as ``[relu(q) | min(q, 0)]`` (D' = 2D) against bounds."""
-        q = q_mem.mean(dim=1, keepdim=True) if self.config.query_score == "mean" else q_mem
+        q = self.query_rows(q_mem)
         return bound_queries(q) if self.config.block_score == "bounds" else q
+
+    def query_rows(self, q_mem: torch.Tensor) -> torch.Tensor:
+        """[H, Lq', D] the query rows that score blocks: the chunk's mean (``query_score="mean"``) or all of them."""
+        return q_mem.mean(dim=1, keepdim=True) if self.config.query_score == "mean" else q_mem
 
     def representatives(self, store: BlockStore) -> torch.Tensor:
         """[NB, Hkv, R, D'] what blocks are scored against (see ``block_score``)."""
@@ -70,8 +74,7 @@ class BlockSelector:
 
     def rerank(self, q_mem: torch.Tensor, store: BlockStore, candidates: torch.Tensor, k: int) -> torch.Tensor:
         """The ``k`` best of ``candidates`` [Hkv, M] by :func:`exact_scores`, [Hkv, k] ascending."""
-        q = q_mem.mean(dim=1, keepdim=True) if self.config.query_score == "mean" else q_mem
-        scores = exact_scores(q, block_keys(store, candidates))
+        scores = exact_scores(self.query_rows(q_mem), block_keys(store, candidates))
         if not self.config.per_kv_head:  # one ranking for all heads: the candidates are the same in every row
             scores = scores.sum(dim=0, keepdim=True).expand_as(scores)
         best = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
