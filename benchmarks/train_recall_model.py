@@ -109,6 +109,60 @@ def fact_row(rng: random.Random, length: int) -> str:
     return text + tail + filler(rng, length)
 
 
+# -- the "lines" mix: text laid out in lines as files, PDFs and repositories reach the model ----------
+_THINGS = ["lamp", "road", "window", "river", "table", "answer", "engine", "letter", "wall", "field", "song"]
+_STATES = ["bright", "long", "open", "quiet", "wet", "ready", "broken", "empty", "warm", "late", "new"]
+_CODE = ["def {w}({a}, {b}):", "    return {a} + {b}", "    {a} = {w}({b})", "# {w} the {a}", "import {w}",
+         "class {W}:", "    if {a} is None:", "        raise ValueError({b!r})", "for {a} in {b}:", "}}", "{{"]
+_WORDS = ["load", "parse", "count", "value", "item", "node", "path", "data", "size", "user", "token", "block"]
+
+
+def decoy(rng: random.Random) -> str:
+    """A short "X is Y" sentence: its "... is " competes with a fact's, so copying must match more context."""
+    return f"The {rng.choice(_THINGS)} is {rng.choice(_STATES)}. "
+
+
+def code_line(rng: random.Random) -> str:
+    w = rng.sample(_WORDS, 3)
+    return rng.choice(_CODE).format(w=w[0], W=w[0].title(), a=w[1], b=w[2]) + "\n"
+
+
+def layout(rng: random.Random, text: str) -> str:
+    """Break ``text`` into lines (random widths, blank lines, indentation, file headers, code)."""
+    out, width, col = [], rng.randint(16, 80), 0
+    indent = " " * rng.choice([0, 0, 2, 4])
+    for word in text.split(" "):
+        if col and col + len(word) > width:
+            out.append("\n" + ("\n" if rng.random() < 0.1 else "") + indent)
+            col = len(indent)
+            r = rng.random()
+            if r < 0.04:
+                out.append(f"==> {rng.choice(_WORDS)}/{rng.choice(_WORDS)}.py <==\n")
+            elif r < 0.12:
+                out.append(code_line(rng))
+            elif r < 0.15:
+                out.append(f"- {rng.randrange(1, 400)} -\n\n")
+        elif col:
+            out.append(" ")
+            col += 1
+        out.append(word)
+        col += len(word)
+    return "".join(out)
+
+
+def lines_row(rng: random.Random, length: int) -> str:
+    """A row of the plain mix with decoys inserted and laid out in lines; the question tail stays whole."""
+    text = row(rng, length)
+    if rng.random() < 0.5:
+        words = text.split(". ")
+        for _ in range(rng.randint(1, 4)):
+            words.insert(rng.randrange(len(words) + 1), decoy(rng).rstrip(". "))
+        text = ". ".join(words)
+    seen = min(len(text), length)
+    cut = rng.randrange(seen // 2, seen) if seen > 1 else 0
+    return layout(rng, text[:cut]) + text[cut:]
+
+
 def row(rng: random.Random, length: int) -> str:
     r = rng.random()
     text = copy_row(rng, length) if r < 0.4 else fact_row(rng, length) if r < 0.9 else filler(rng, length)
@@ -119,10 +173,11 @@ def encode(text: str) -> list[int]:
     return [b + len(SPECIALS) for b in text.encode("utf-8")]
 
 
-def batch(rng: random.Random, size: int, length: int) -> torch.Tensor:
+def batch(rng: random.Random, size: int, length: int, mix: str = "plain") -> torch.Tensor:
     rows = []
     for _ in range(size):
-        ids = [0] + encode(row(rng, length))  # BOS first, as the tokenizer adds it
+        text = lines_row(rng, length) if mix == "lines" and rng.random() < 0.75 else row(rng, length)
+        ids = [0] + encode(text)  # BOS first, as the tokenizer adds it
         rows.append(ids[:length])
     return torch.tensor(rows, dtype=torch.long)
 
@@ -183,7 +238,8 @@ def dense_passkey_accuracy(model, rng: random.Random, trials: int = 50, length: 
     return ok / trials
 
 
-def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr: float, threads: int) -> None:
+def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr: float, threads: int,
+          mix: str = "plain") -> None:
     torch.set_num_threads(threads)
     rng = random.Random(seed)
     model = build_model(seed)
@@ -196,7 +252,7 @@ def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr
         warm = min(1.0, (step + 1) / 100)
         for g in opt.param_groups:
             g["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
-        ids = batch(rng, bsz, length)
+        ids = batch(rng, bsz, length, mix)
         loss = model(ids, labels=ids).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,7 +268,7 @@ def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr
     make_tokenizer().save_pretrained(out)
     (out / "training.json").write_text(json.dumps({
         "seed": seed, "steps_64": steps64, "steps_256": steps256, "batch_size": batch_size, "lr": lr,
-        "threads": threads, "seconds": round(time.time() - start), "dense_passkey_250": acc,
+        "threads": threads, "mix": mix, "seconds": round(time.time() - start), "dense_passkey_250": acc,
     }, indent=2) + "\n")
 
 
@@ -225,8 +281,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mix", choices=["plain", "lines"], default="plain",
+                   help="plain: single-line rows (recall-byte256); lines: 3 of 4 rows laid out in lines with "
+                        "file headers, code and 'X is Y' decoys (recall-lines256)")
     a = p.parse_args()
-    train(a.out, a.seed, a.steps_64, a.steps_256, a.batch_size, a.lr, a.threads)
+    train(a.out, a.seed, a.steps_64, a.steps_256, a.batch_size, a.lr, a.threads, a.mix)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class Prediction:
     device_bytes: int
     host_parts: dict[str, int] = field(default_factory=dict)
     device_parts: dict[str, int] = field(default_factory=dict)
+    disk_bytes: int = 0  # the disk-backed block store's files (--disk-store)
 
     def describe(self, where: str, top: int | None = None) -> str:
         """The parts, largest first (the ``top`` largest only)."""
@@ -114,9 +116,16 @@ def predict(tokens: int, memory: MemoryConfig, attention: str, shape: ModelShape
     compute["weights"] = weights
     if on_device:
         host["weights while loading"] = shape.weights_bytes or weights
-    if memory.offload and attention == "infllm" and on_device:
+    kv_part = blocks * shape.layers * shape.kv_heads * shape.head_dim * shape.dtype_bytes * 2 * memory.block_size if attention == "infllm" else 0
+    disk = 0
+    if memory.disk_store and attention == "infllm":
+        # keys and values in files (the page cache is the kernel's, not the process's); what is scored and
+        # the block cache stay where the computation is
+        disk = kv_part
+        compute["block store (representatives)"] = store - kv_part
+        compute["block cache"] = 2 * memory.max_cached_block * memory.block_size * per_layer_token
+    elif memory.offload and attention == "infllm" and on_device:
         # keys and values on the host; representative keys, sums and bounds and the block cache on the device
-        kv_part = blocks * shape.layers * shape.kv_heads * shape.head_dim * shape.dtype_bytes * 2 * memory.block_size
         host["block store"] = kv_part
         device["block store (representatives)"] = store - kv_part
         device["block cache"] = 2 * memory.max_cached_block * memory.block_size * per_layer_token
@@ -125,7 +134,7 @@ def predict(tokens: int, memory: MemoryConfig, attention: str, shape: ModelShape
     if attention != "dense":
         compute["window"] = window
     compute["activations"] = acts
-    return Prediction(tokens, sum(host.values()), sum(device.values()), host, device)
+    return Prediction(tokens, sum(host.values()), sum(device.values()), host, device, disk)
 
 
 # -- what is available ---------------------------------------------------------------------------------
@@ -237,6 +246,7 @@ def plan(tokens: int, memory: MemoryConfig, attention: str, shape: ModelShape, d
              f", device {human_bytes(p.device_bytes)} ({p.describe('device')})" if device_type == "cuda" else "",
              _describe_budget(b))
     if fits(p, b):
+        check_disk(p)
         return memory, p
     if device_type == "cuda" and attention == "infllm" and not memory.offload and not offload_given:
         moved = memory.replace(offload=True)
@@ -247,6 +257,24 @@ def plan(tokens: int, memory: MemoryConfig, attention: str, shape: ModelShape, d
                         human_bytes(b.device or 0))
             return moved, q
     raise MemoryBudgetError(refusal(tokens, memory, attention, shape, device_type, b, p))
+
+
+def check_disk(p: Prediction) -> None:
+    """Refuse a disk-backed read whose block files would not fit the free space where they go."""
+    if not p.disk_bytes:
+        return
+    from .memory.disk_blocks import disk_store_root
+
+    root = disk_store_root()
+    existing = next((d for d in (root, *root.parents) if d.exists()), None)
+    if existing is None:
+        return
+    free = shutil.disk_usage(existing).free
+    log.info("disk store: %s of block files in %s (%s free)", human_bytes(p.disk_bytes), root, human_bytes(free))
+    if p.disk_bytes > free:
+        raise MemoryBudgetError(
+            f"the disk store needs {human_bytes(p.disk_bytes)} in {root} but {human_bytes(free)} is free there; "
+            f"set $INFLLM_DISK_STORE_DIR to a larger disk, or use --max-tokens")
 
 
 def _describe_budget(b: Budget) -> str:
@@ -271,6 +299,8 @@ def refusal(tokens: int, memory: MemoryConfig, attention: str, shape: ModelShape
 
     if device_type == "cuda" and attention == "infllm" and not memory.offload and works(memory.replace(offload=True)):
         fixes.append("--offload (block store in host memory)")
+    if attention == "infllm" and not memory.disk_store and works(memory.replace(disk_store=True)):
+        fixes.append("--disk-store (block keys and values in files)")
     if attention == "dense" and works(att="infllm"):
         fixes.append("--attention infllm")
     if shape.dtype_bytes == 4 and works(shp=dataclasses.replace(shape, dtype="bfloat16", dtype_bytes=2)):

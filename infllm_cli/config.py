@@ -102,6 +102,8 @@ class MemoryConfig:
     chunk_size: int = 8192
     offload: bool = False
     """Keep the block store in host memory and move retrieved blocks to the compute device."""
+    disk_store: bool = False
+    """Keep the blocks' keys and values in files on disk (documents larger than RAM; implies ``offload``)."""
     per_kv_head: bool = True
     block_score: str = "bounds"
     query_score: str = "mean"
@@ -116,8 +118,9 @@ class MemoryConfig:
             raise ConfigError(f"block_score must be one of {', '.join(BLOCK_SCORES)}, got {self.block_score!r}")
         if self.query_score not in QUERY_MODES:
             raise ConfigError(f"query_score must be one of {', '.join(QUERY_MODES)}, got {self.query_score!r}")
-        if not isinstance(self.per_kv_head, bool):
-            raise ConfigError(f"per_kv_head must be True or False, got {self.per_kv_head!r}")
+        for name in ("per_kv_head", "offload", "disk_store"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.topk > 0 and self.repr_topk < 1 and self.block_score != "bounds":
             raise ConfigError("repr_topk must be at least 1 when topk > 0 (blocks are scored through their representative keys)")
         if self.repr_topk > self.block_size:

@@ -71,6 +71,7 @@ class Options:
     chunk_size: Optional[int] = None
     max_cached_block: Optional[int] = None
     offload: Optional[bool] = None
+    disk_store: bool = False
     selection: str = "default"
     per_kv_head: Optional[bool] = None
     block_score: Optional[str] = None
@@ -131,6 +132,7 @@ class Options:
             chunk_size=chunk,
             max_cached_block=self.max_cached_block,
             offload=self.offload,
+            disk_store=self.disk_store or None,
         )
         return config, name
 
@@ -218,6 +220,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("chunk_size", Optional[int], typer.Option("--chunk-size", metavar="N", help="Prefill chunk in tokens (a multiple of --exc-block-size).", min=MEMORY_LIMITS["chunk_size"][0], max=MEMORY_LIMITS["chunk_size"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("max_cached_block", Optional[int], typer.Option("--max-cached-block", metavar="N", help="Blocks kept on the device when the store is offloaded.", min=MEMORY_LIMITS["max_cached_block"][0], max=MEMORY_LIMITS["max_cached_block"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("offload", Optional[bool], typer.Option("--offload/--no-offload", help="Keep the block store in host memory.", rich_help_panel=P_MEMORY, show_default=False)),
+        ("disk_store", bool, typer.Option("--disk-store", help="Keep the memory blocks' keys and values in files on disk (documents larger than RAM; $INFLLM_DISK_STORE_DIR, else the cache directory). Implies --offload.", rich_help_panel=P_MEMORY)),
         ("selection", str, typer.Option("--selection", metavar="NAME", help=f"Block selection: {', '.join(SELECTIONS)} (paper: Xiao et al.'s; default: the best measured, see docs/retrieval.md). The selection knobs below override it.", callback=_choice("selection", tuple(SELECTIONS)), rich_help_panel=P_MEMORY)),
         ("per_kv_head", Optional[bool], typer.Option("--per-kv-head/--shared-ranking", help="Each KV head picks its own blocks, or one ranking summed over all heads.", rich_help_panel=P_MEMORY, show_default=False)),
         ("block_score", Optional[str], typer.Option("--block-score", metavar="MODE", help="Blocks scored by the min/max bounds of all their keys (bounds), their best representative key (repr_max) or the sum of their representative keys (repr_sum, the paper).", callback=_choice("block_score", BLOCK_SCORES), rich_help_panel=P_MEMORY, show_default=False)),

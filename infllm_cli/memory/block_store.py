@@ -19,6 +19,9 @@ the retrieved blocks are copied into a small device-side cache of ``max_cached_b
 recently used first out. Representative keys always stay on the compute device: they are scored for
 every query chunk.
 
+With ``disk=True`` the keys and values are written to files instead (:mod:`.disk_blocks`: documents larger
+than RAM) and read back block by block into the same device-side cache; everything else is as with offload.
+
 A store loaded from a saved memory (:meth:`BlockStore.load_state_dict` with ``share=True``) can keep the
 saved keys and values where they are (e.g. a memory-mapped file) as a read-only *base* of ``n_base``
 blocks; blocks appended later go to the growable buffers. Retrieval then gathers the selected blocks from
@@ -30,6 +33,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+
+from .disk_blocks import DiskBlocks, disk_store_root, sweep_stale
+
+_swept = False
 
 
 class BlockStore:
@@ -43,6 +50,8 @@ class BlockStore:
     device, dtype : compute device and storage dtype
     offload : keep keys/values in host memory, see module docstring
     max_cached_block : device cache slots when offloaded
+    disk : keep keys/values in files on disk (implies ``offload``), see :mod:`.disk_blocks`
+    name : names the layer's files when ``disk``
     """
 
     def __init__(
@@ -56,10 +65,13 @@ class BlockStore:
         dtype: torch.dtype,
         offload: bool = False,
         max_cached_block: int = 32,
+        disk: bool = False,
+        name: str = "blocks",
     ) -> None:
         self.block_size = block_size
         self.first_token = first_token
         self.device = device
+        offload = offload or disk
         self.offload = offload
         self.n_blocks = 0
         self.n_base = 0  # blocks [0, n_base) live in the read-only base tensors (a loaded memory)
@@ -74,6 +86,14 @@ class BlockStore:
         self.repr_keys = torch.empty((0, n_kv_heads, repr_topk, head_dim), dtype=dtype, device=device)
         self.repr_sum = torch.empty((0, n_kv_heads, 1, head_dim), dtype=dtype, device=device)
         self.bounds = torch.empty((0, n_kv_heads, 1, 2 * head_dim), dtype=dtype, device=device)
+        self._disk: DiskBlocks | None = None
+        if disk:
+            global _swept
+            root = disk_store_root()
+            if not _swept:
+                _swept = True
+                sweep_stale(root)
+            self._disk = DiskBlocks(self._shape, dtype, root, name)
         if offload:
             self._slots_k = torch.empty((max_cached_block, *self._shape), dtype=dtype, device=device)
             self._slots_v = torch.empty_like(self._slots_k)
@@ -81,6 +101,8 @@ class BlockStore:
 
     @property
     def capacity(self) -> int:
+        if self._disk is not None:  # the files grow as they are written
+            return self.repr_keys.shape[0]
         return self.n_base + self.keys.shape[0]
 
     def reserve(self, n_blocks: int) -> None:
@@ -97,7 +119,7 @@ class BlockStore:
         for names, used, have in ((("keys", "values"), self.n_blocks - self.n_base, self.keys.shape[0]),
                                   (("repr_keys", "repr_sum", "bounds"), self.n_blocks, self.repr_keys.shape[0])):
             want = new_cap - (self.n_base if names[0] == "keys" else 0)
-            if want <= have:
+            if want <= have or (names[0] == "keys" and self._disk is not None):
                 continue
             for name in names:
                 old = getattr(self, name)
@@ -113,9 +135,11 @@ class BlockStore:
             self._grow(self.n_blocks + n)
         sl = slice(self.n_blocks, self.n_blocks + n)
         tail = slice(self.n_blocks - self.n_base, self.n_blocks - self.n_base + n)
-        # a blocking copy: a non-blocking device-to-host copy could still be in flight when it is read
-        self.keys[tail].copy_(keys)
-        self.values[tail].copy_(values)
+        if self._disk is not None:
+            self._disk.append(keys, values)
+        else:  # a blocking copy: a non-blocking device-to-host copy could still be in flight when it is read
+            self.keys[tail].copy_(keys)
+            self.values[tail].copy_(values)
         self.repr_keys[sl] = repr_keys
         self.repr_sum[sl] = repr_keys.float().sum(dim=2, keepdim=True).to(self.repr_sum.dtype)
         self.bounds[sl] = torch.cat([keys.amax(dim=2, keepdim=True), keys.amin(dim=2, keepdim=True)], dim=-1).to(
@@ -127,6 +151,8 @@ class BlockStore:
         if n_blocks > self.n_blocks:
             raise ValueError(f"cannot truncate a store of {self.n_blocks} blocks to {n_blocks}")
         self.n_blocks = n_blocks
+        if self._disk is not None:
+            self._disk.truncate(n_blocks)
         if n_blocks < self.n_base:
             self.n_base = n_blocks
             self._base_k, self._base_v = self._base_k[:n_blocks], self._base_v[:n_blocks]
@@ -160,6 +186,7 @@ class BlockStore:
         used = set(self._slot_of.values())
         free = [s for s in range(self._slots_k.shape[0]) if s not in used]
         needed = set(wanted)
+        missing: list[tuple[int, int]] = []  # (block, slot)
         for b in wanted:
             if b in self._slot_of:
                 self._slot_of.move_to_end(b)
@@ -169,10 +196,18 @@ class BlockStore:
             else:  # evict the least recently used block not needed now
                 victim = next(v for v in self._slot_of if v not in needed)
                 slot = self._slot_of.pop(victim)
-            k, v = self.block(b)
-            self._slots_k[slot].copy_(k, non_blocking=True)
-            self._slots_v[slot].copy_(v, non_blocking=True)
+            missing.append((b, slot))
             self._slot_of[b] = slot
+        if self._disk is not None and missing:  # one read per run of consecutive blocks, one copy
+            k, v = self._disk.read([b for b, _ in missing])
+            slots = torch.tensor([s for _, s in missing], device=self.device)
+            self._slots_k.index_copy_(0, slots, k.to(self.device))
+            self._slots_v.index_copy_(0, slots, v.to(self.device))
+        else:
+            for b, slot in missing:
+                k, v = self.block(b)
+                self._slots_k[slot].copy_(k, non_blocking=True)
+                self._slots_v[slot].copy_(v, non_blocking=True)
         lookup = torch.full((max(self.n_blocks, 1) + 1,), -1, dtype=torch.long)
         for b in wanted:
             lookup[b + 1] = self._slot_of[b]
@@ -180,7 +215,10 @@ class BlockStore:
         return self._slots_k, self._slots_v, idx
 
     def block(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values [Hkv, bs, D] of block ``b``, where they are stored."""
+        """Keys and values [Hkv, bs, D] of block ``b``, where they are stored (read from the file: disk)."""
+        if self._disk is not None:
+            k, v = self._disk.read([b])
+            return k[0], v[0]
         if b < self.n_base:
             return self._base_k[b], self._base_v[b]
         return self.keys[b - self.n_base], self.values[b - self.n_base]
@@ -202,6 +240,9 @@ class BlockStore:
         one piece (valid until the store is next changed), else a concatenation."""
         n, nb = self.n_blocks, self.n_base
         out = {name: getattr(self, name)[:n] for name in ("repr_keys", "repr_sum", "bounds")}
+        if self._disk is not None:
+            out["keys"], out["values"] = self._disk.read(list(range(n)))
+            return out
         for name, base in (("keys", self._base_k), ("values", self._base_v)):
             tail = getattr(self, name)[: n - nb]
             out[name] = tail if nb == 0 else base if n == nb else torch.cat([base, tail.to(base.device)])
@@ -233,7 +274,9 @@ class BlockStore:
             return
         keys, values = state["keys"][:n], state["values"][:n]
         dtype = self.repr_keys.dtype
-        if share and self.storage.type == "cpu" and keys.device.type == "cpu" and keys.dtype == dtype and "bounds" in state:
+        if self._disk is not None:
+            self._disk.truncate(0)
+        if share and self._disk is None and self.storage.type == "cpu" and keys.device.type == "cpu" and keys.dtype == dtype and "bounds" in state:
             self._base_k, self._base_v, self.n_base = keys, values, n
             self.keys, self.values = self.keys[:0], self.values[:0]
             self.repr_keys = state["repr_keys"][:n].to(self.device, dtype, copy=True)

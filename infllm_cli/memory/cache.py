@@ -85,8 +85,8 @@ class ContextMemory(Cache):
         keep_blocks: bool = True,
     ) -> None:
         memories = [
-            LayerMemory(config, n_kv_heads, head_dim, rope, backend, device, dtype, keep_blocks)
-            for _ in range(n_layers)
+            LayerMemory(config, n_kv_heads, head_dim, rope, backend, device, dtype, keep_blocks, name=f"layer{i:03d}")
+            for i in range(n_layers)
         ]
         super().__init__(layers=[MemoryCacheLayer(m) for m in memories])
         self.config = config

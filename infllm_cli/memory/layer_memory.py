@@ -61,6 +61,7 @@ class LayerMemory:
     backend : attention ops
     device, dtype : compute device and storage dtype
     keep_blocks : False for the streaming baseline (evicted blocks are dropped, never retrieved)
+    name : names the layer's block files when ``config.disk_store``
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class LayerMemory:
         device: torch.device,
         dtype: torch.dtype,
         keep_blocks: bool = True,
+        name: str = "blocks",
     ) -> None:
         self.config = config
         self.rope = rope
@@ -99,6 +101,7 @@ class LayerMemory:
         self.store = BlockStore(
             n_kv_heads, head_dim, config.block_size, config.repr_topk, config.n_init, device, dtype,
             offload=config.offload, max_cached_block=config.max_cached_block,
+            disk=config.disk_store and self.keep_blocks, name=name,
         )
 
     @property

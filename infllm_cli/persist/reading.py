@@ -41,7 +41,8 @@ from .store import LockBusy, MemoryCache
 log = logging.getLogger("infllm.cache")
 
 CHECKPOINTS = 4
-NOT_STATE = ("question_topk",)  # memory knobs used only when a question is read: not part of the stored state
+# knobs that do not change what is stored: used only when a question is read, or where the blocks are kept
+NOT_STATE = ("question_topk", "offload", "disk_store", "max_cached_block")
 
 
 @dataclass
@@ -269,6 +270,9 @@ class CachedRead:
 
     def _save(self, ckpts: list[Checkpoint], seconds: list[float]) -> tuple[str | None, int | None, str | None]:
         runner = self.runner
+        if runner.config.disk_store:  # saving gathers every block in RAM, which the disk store exists to avoid
+            log.warning("memory not cached: a memory read with --disk-store is not saved to the cache")
+            return None, None, "not cached (--disk-store)"
         tensors, metas = memory_tensors(runner.cache, ckpts)
         hashes = prefix_hashes(self.stream, [c.position for c in ckpts])
         cs = runner.config.chunk_size
