@@ -4,7 +4,13 @@ For each attention (infllm, streaming, dense) and length, a fresh subprocess loa
 random tokens, then generates ``--decode-tokens`` tokens; it reports prefill tokens/s, its peak resident
 memory (peak allocated on CUDA), the peak the pre-flight check predicted (:mod:`infllm_cli.budget`), and
 decode milliseconds per token. Dense is measured only while its predicted peak fits the memory available
-(and ``--dense-max-tokens``); longer lengths are recorded as skipped.
+(and ``--dense-max-tokens``); longer lengths are recorded as skipped. ``infllm-disk`` is infllm with the
+disk-backed block store (``--disk-store``): its peak resident memory should not grow with the document.
+
+``--threads auto`` lets each process choose its thread count as the CLI does (:mod:`infllm_cli.threads`);
+``--busy N`` keeps N other processes spinning on the CPU for the whole run (a busy machine). After the
+measurements, a table of ratios against the shortest length (prefill throughput, decode time) and of
+measured against predicted peak memory is printed.
 
 Results go to ``OUT/scaling.json`` and, when matplotlib is installed (``pip install -e ".[plots]"``), to
 ``OUT/scaling_prefill.png``, ``OUT/scaling_memory.png`` and ``OUT/scaling_decode.png``. Every figure is
@@ -13,6 +19,7 @@ the numbers are only as good as the machine was quiet.
 
     python benchmarks/plot_scaling.py                                   # random Llama, 4K..256K, into docs/
     python benchmarks/plot_scaling.py --model ../shared/models/stories260k --lengths 4096 32768 262144 1048576
+    python benchmarks/plot_scaling.py --attention infllm infllm-disk --lengths 4096 32768 1048576 --threads auto
     python benchmarks/plot_scaling.py --from-json docs/scaling.json     # redraw without measuring
     python benchmarks/plot_scaling.py --attention infllm --out /tmp/a && \
     python benchmarks/plot_scaling.py --attention streaming dense --out /tmp/b && \
@@ -49,11 +56,15 @@ def child(args: argparse.Namespace) -> dict:
     from infllm_cli.models import load_model, read_model_config
     from infllm_cli.runner import Runner
 
-    torch.set_num_threads(args.threads)
+    from infllm_cli.threads import configure_threads
+
+    threads = configure_threads(None if args.threads == "auto" else int(args.threads)).threads
     config = read_model_config(args.model_dir)
     memory, preset = Options(preset=args.preset).memory_config(config)
+    attention = "infllm" if args.attention == "infllm-disk" else args.attention
+    memory = memory.replace(disk_store=args.attention == "infllm-disk" or None)
     loaded = load_model(args.model_dir, device=args.device, dtype=args.dtype)
-    runner = Runner(loaded, memory, attention=args.attention, backend=args.backend)
+    runner = Runner(loaded, memory, attention=attention, backend=args.backend)
     runner.reserve(args.length + args.decode_tokens)
     vocab = int(config.vocab_size)
     ids = torch.randint(3, vocab, (args.length,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -72,8 +83,8 @@ def child(args: argparse.Namespace) -> dict:
     decode = (time.perf_counter() - start) / max(1, args.decode_tokens)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     shape = model_shape(config, args.dtype, args.device, Path(args.model_dir))
-    predicted = predict(args.length, memory, args.attention, shape, loaded.device.type)
-    return {"attention": args.attention, "preset": preset, "tokens": args.length, "prefill_seconds": prefill,
+    predicted = predict(args.length, memory, attention, shape, loaded.device.type)
+    return {"attention": args.attention, "preset": preset, "threads": threads, "tokens": args.length, "prefill_seconds": prefill,
             "tokens_per_second": args.length / prefill, "decode_ms_per_token": decode * 1000, "peak_bytes": peak,
             "predicted_peak_bytes": predicted.device_bytes if cuda else predicted.host_bytes, "blocks": runner.blocks}
 
@@ -109,12 +120,30 @@ def save(result: dict, out: Path) -> None:
     (out / "scaling.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+def spinners(n: int) -> list[subprocess.Popen]:
+    """``n`` processes that keep one CPU each busy until killed."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Every (attention, length) in its own process; ``OUT/scaling.json`` is rewritten after each."""
+    busy = spinners(args.busy)
+    deadline = time.monotonic() + 90
+    while busy and os.getloadavg()[0] < args.busy - 0.5 and time.monotonic() < deadline:
+        time.sleep(5)  # the one-minute load average (which --threads auto reads) catches up with the spinners
+    try:
+        return _measure(args)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
+def _measure(args: argparse.Namespace) -> dict:
     load = os.getloadavg()[0]
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
             "threads": args.threads, "load_average_at_start": round(load, 2), "device": args.device,
-            "preset": args.preset, "decode_tokens": args.decode_tokens}
+            "preset": args.preset, "decode_tokens": args.decode_tokens, "busy_processes": args.busy}
     rows: list[dict] = []
     result = {"meta": meta, "rows": rows}
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,6 +183,22 @@ def measure(args: argparse.Namespace) -> dict:
                       f"decode {row['decode_ms_per_token']:.1f} ms/token, peak {row['peak_bytes'] / 2**20:,.0f} MiB "
                       f"(predicted {row['predicted_peak_bytes'] / 2**20:,.0f})", file=sys.stderr)
     return result
+
+
+def ratios(result: dict) -> str:
+    """A table per attention: each length against the shortest (throughput, decode) and peak vs predicted."""
+    lines = ["| attention | tokens | prefill tokens/s | x shortest | decode ms/token | x shortest | peak MiB | predicted MiB | peak / predicted |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [r for r in result["rows"] if not r.get("skipped")]
+    for attention in dict.fromkeys(r["attention"] for r in rows):
+        pts = sorted((r for r in rows if r["attention"] == attention), key=lambda r: r["tokens"])
+        first = pts[0]
+        for r in pts:
+            lines.append(f"| {attention} | {r['tokens']:,} | {r['tokens_per_second']:,.0f} | "
+                         f"{r['tokens_per_second'] / first['tokens_per_second']:.2f} | {r['decode_ms_per_token']:.1f} | "
+                         f"{r['decode_ms_per_token'] / first['decode_ms_per_token']:.2f} | {r['peak_bytes'] / 2**20:,.0f} | "
+                         f"{r['predicted_peak_bytes'] / 2**20:,.0f} | {r['peak_bytes'] / r['predicted_peak_bytes']:.2f} |")
+    return "\n".join(lines)
 
 
 def plot(result: dict, out: Path) -> list[Path]:
@@ -209,7 +254,8 @@ def plot(result: dict, out: Path) -> list[Path]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536, 262144])
-    p.add_argument("--attention", nargs="+", default=["infllm", "streaming", "dense"], choices=["infllm", "streaming", "dense"])
+    p.add_argument("--attention", nargs="+", default=["infllm", "streaming", "dense"],
+                   choices=["infllm", "infllm-disk", "streaming", "dense"])
     p.add_argument("--model", help="model directory (default: a random Llama built in code, see --hidden ...)")
     p.add_argument("--preset", default="auto")
     p.add_argument("--device", default="cpu")
@@ -219,7 +265,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", default="1", help="threads per measurement, or auto (the CLI's choice)")
+    p.add_argument("--busy", type=int, default=0, help="other processes kept spinning during the run")
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--dense-max-tokens", type=int, default=None)
     p.add_argument("--out", type=Path, default=REPO / "docs")
@@ -244,6 +291,7 @@ def main() -> None:
             save(result, args.out)
     else:
         result = measure(args)
+    print(ratios(result))
     for path in plot(result, args.out):
         print(f"wrote {path}", file=sys.stderr)
 
