@@ -130,7 +130,7 @@ def measure(args: argparse.Namespace) -> dict:
     busy = spinners(args.busy)
     deadline = time.monotonic() + 90
     while busy and os.getloadavg()[0] < args.busy - 0.5 and time.monotonic() < deadline:
-        time.sleep(5)  # the one-minute load average (which --threads auto reads) catches up with the spinners
+        time.sleep(5)  # let the spinners show in the load average stamped on the figures
     try:
         return _measure(args)
     finally:

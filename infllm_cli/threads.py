@@ -9,10 +9,13 @@ The choice, first that applies:
 1. ``--threads N`` (or the library's ``requested``);
 2. the environment variable ``INFLLM_THREADS``;
 3. the physical cores this process may run on (logical CPUs that are hyper-threads of the same core count
-   once; restricted to the process's CPU affinity and the cgroup CPU quota), less the cores other processes
-   keep busy according to the one-minute load average (only when this process may use every CPU of the
-   machine, where the load average describes the same CPUs): never more threads than logical CPUs left
-   idle, at least 1.
+   once; restricted to the process's CPU affinity and the cgroup CPU quota), less the CPUs other processes
+   keep busy now (only when this process may use every CPU of the machine): never more threads than logical
+   CPUs left idle, at least 1. "Busy now" is sampled from ``/proc/stat`` over a fifth of a second before
+   any work starts; where that cannot be read, the one-minute load average stands in. The sample, not the
+   load average, is preferred because the load average still counts a process that ended a minute ago
+   (running the tool twice in a row would halve the second run's threads) and is slow to count one that
+   just started.
 
 Invalid values (not a positive integer) are usage errors (exit 2). The choice is logged with its reason.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +51,7 @@ class CpuFacts:
     physical: int  # physical cores among the usable CPUs
     quota: float | None  # cgroup CPU quota in CPUs (None: unlimited)
     load: float | None  # one-minute load average (None: unknown)
+    busy: float | None = None  # CPUs busy over a short sample just now (None: not measured)
 
 
 def parse_threads(value: object, origin: str) -> int:
@@ -73,12 +78,13 @@ def choose_threads(requested: int | str | None, env: str | None, facts: CpuFacts
     if facts.quota is not None and facts.quota < cores:
         cores = max(1, math.floor(facts.quota))
         why.append(f"cgroup quota {facts.quota:g} CPUs")
-    if facts.load is not None and facts.usable >= facts.logical and facts.quota is None:
+    others, what = (facts.busy, "busy now") if facts.busy is not None else (facts.load, "load average")
+    if others is not None and facts.usable >= facts.logical and facts.quota is None:
         # logical CPUs other processes keep busy (our own threads are not running yet): more threads than
         # the CPUs left would oversubscribe them
-        free = facts.logical - int(facts.load + 0.25)
+        free = facts.logical - int(others + 0.25)
         if free < cores:
-            why.append(f"load average {facts.load:.1f} on {facts.logical} CPUs")
+            why.append(f"{what} {others:.1f} of {facts.logical} CPUs")
             cores = max(1, free)
     return ThreadChoice(cores, ", ".join(why))
 
@@ -123,7 +129,44 @@ def _cgroup_quota() -> float | None:
         return None
 
 
-def cpu_facts() -> CpuFacts:
+def busy_cpus(before: list[int], after: list[int]) -> float | None:
+    """CPUs kept busy between two readings of ``/proc/stat``'s aggregate ``cpu`` line (its jiffy counters:
+    user nice system idle iowait irq softirq steal ...), in CPUs of ``os.cpu_count()``; None when no time
+    passed. Idle and iowait count as free."""
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8])
+    if total <= 0:
+        return None
+    idle = delta[3] + (delta[4] if len(delta) > 4 else 0)
+    return max(0.0, (total - idle) / total) * (os.cpu_count() or 1)
+
+
+def _read_cpu_stat() -> list[int] | None:
+    try:
+        with open("/proc/stat") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu" or len(first) < 5:
+        return None
+    try:
+        return [int(x) for x in first[1:]]
+    except ValueError:
+        return None
+
+
+def _sample_busy(seconds: float = 0.2) -> float | None:
+    """CPUs busy over ``seconds`` now (this process sleeps meanwhile), or None where /proc/stat is absent."""
+    before = _read_cpu_stat()
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after = _read_cpu_stat()
+    return None if after is None else busy_cpus(before, after)
+
+
+def cpu_facts(sample: bool = True) -> CpuFacts:
+    """What the machine offers; ``sample``: measure the CPUs busy now (takes a fifth of a second)."""
     usable = _usable_cpus()
     try:
         load: float | None = os.getloadavg()[0]
@@ -131,7 +174,7 @@ def cpu_facts() -> CpuFacts:
         load = None
     return CpuFacts(
         logical=os.cpu_count() or len(usable), usable=len(usable), physical=_physical_cores(usable),
-        quota=_cgroup_quota(), load=load,
+        quota=_cgroup_quota(), load=load, busy=_sample_busy() if sample else None,
     )
 
 

@@ -9,8 +9,9 @@ from infllm_cli.eta import EtaEstimator, format_duration
 from infllm_cli.threads import CpuFacts, choose_threads
 
 
-def facts(logical=8, usable=None, physical=4, quota=None, load=0.0) -> CpuFacts:
-    return CpuFacts(logical=logical, usable=logical if usable is None else usable, physical=physical, quota=quota, load=load)
+def facts(logical=8, usable=None, physical=4, quota=None, load=0.0, busy=None) -> CpuFacts:
+    return CpuFacts(logical=logical, usable=logical if usable is None else usable, physical=physical, quota=quota,
+                    load=load, busy=busy)
 
 
 def test_idle_machine_uses_physical_cores_not_logical() -> None:
@@ -25,6 +26,27 @@ def test_busy_machine_leaves_the_busy_cpus_alone() -> None:
     assert choose_threads(None, None, facts(logical=2, physical=2, load=7.0)).threads == 1
     # hyper-threads: 4 busy logical CPUs of 16 leave all 8 physical cores usable
     assert choose_threads(None, None, facts(logical=16, physical=8, load=4.0)).threads == 8
+
+
+def test_busy_now_overrides_a_stale_load_average() -> None:
+    # the previous run ended a moment ago: the load average still says 1.8, the sample says idle
+    choice = choose_threads(None, None, facts(logical=2, physical=2, load=1.8, busy=0.05))
+    assert choice.threads == 2
+    # a competitor that just started: the load average has not seen it yet, the sample has
+    choice = choose_threads(None, None, facts(logical=2, physical=2, load=0.1, busy=1.0))
+    assert choice.threads == 1 and "busy now 1.0 of 2 CPUs" in choice.reason
+
+
+def test_busy_cpus_from_proc_stat_counters() -> None:
+    import os
+
+    from infllm_cli.threads import busy_cpus
+
+    n = os.cpu_count() or 1
+    # user nice system idle iowait irq softirq steal: 300 of 400 jiffies idle or waiting -> a quarter busy
+    assert busy_cpus([0] * 8, [60, 0, 40, 250, 50, 0, 0, 0]) == pytest.approx(0.25 * n)
+    assert busy_cpus([5] * 8, [5] * 8) is None  # no time passed
+    assert busy_cpus([0] * 8, [100, 0, 0, 0, 0, 0, 0, 0]) == pytest.approx(n)
 
 
 def test_affinity_and_quota_bound_the_choice_and_make_load_irrelevant() -> None:
