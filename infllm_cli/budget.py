@@ -88,7 +88,8 @@ def activation_bytes(memory: MemoryConfig, shape: ModelShape, attention: str, to
     exc = min(memory.exc_block_size, chunk)
     keys = min(tokens, memory.max_window)  # the window
     if attention == "infllm" and tokens > memory.n_init + memory.n_local:  # plus initial tokens and retrieved blocks
-        keys += memory.n_init + memory.block_size * (memory.topk * (1 + 2 * memory.neighbors) + memory.question_topk)
+        pinned = memory.question_topk * (1 + 2 * memory.question_neighbors)  # the question's blocks, widened
+        keys += memory.n_init + memory.block_size * (memory.topk + pinned) * (1 + 2 * memory.neighbors)
     # scores and probabilities (in place) in float32, the gathered memory keys/values, the output
     scores = int(1.2 * h * exc * keys * 4) + 2 * kv * keys * d * 4
     return hidden + logits + scores

@@ -36,6 +36,8 @@ the best combination the recall benchmark found (named ``default``):
                        spreads a softmax over the blocks' scores; the ``question_topk`` blocks with the most
                        mass (per KV head) are kept for the question and the whole answer, beside each
                        token's own retrieval
+``question_neighbors`` also pin the ``question_neighbors`` blocks before and after each of the question's
+                       blocks (a fact cut by a block boundary; costs nothing while reading)
 ``rescore``            re-rank exactly: the ``rescore`` best blocks by ``block_score`` are scored again
                        with every key they hold (best ``q . k``; for the question, the log-sum-exp of its
                        keys' scores) and the ``topk`` (``question_topk``) best of those are read; 0: off
@@ -71,6 +73,7 @@ MEMORY_LIMITS: dict[str, tuple[int, int]] = {
     "max_cached_block": (0, 65_536),
     "neighbors": (0, 8),
     "question_topk": (0, 1_024),
+    "question_neighbors": (0, 8),
     "rescore": (0, 4_096),
 }
 
@@ -108,7 +111,8 @@ class MemoryConfig:
     block_score: str = "bounds"
     query_score: str = "mean"
     neighbors: int = 0
-    question_topk: int = 4
+    question_topk: int = 8
+    question_neighbors: int = 1
     rescore: int = 0
 
     def __post_init__(self) -> None:
@@ -167,9 +171,9 @@ class MemoryConfig:
 SELECTIONS: dict[str, dict[str, Any]] = {
     # Xiao et al.: the chunk's mean query against the sum of each block's representative keys, one ranking
     # summed over all heads, no neighbours, no question-aware blocks.
-    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "rescore": 0},
+    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "question_neighbors": 0, "rescore": 0},
     # the best combination on the recall benchmark (docs/retrieval.md)
-    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "rescore": 0},
+    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 8, "question_neighbors": 1, "rescore": 0},
 }
 
 

@@ -132,7 +132,8 @@ def test_rescore_finds_the_block_whose_single_key_matches_where_bounds_add_up_tw
     store = keyed_store(keys)
     q = torch.zeros(1, 1, d)
     q[0, 0, :2] = 1.0
-    base = MemoryConfig(n_local=16, block_size=2, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8, question_topk=1)
+    base = MemoryConfig(n_local=16, block_size=2, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8, question_topk=1,
+                        question_neighbors=0)
     assert BlockSelector(base, TORCH, 1).select(q, store).tolist() == [[2]]
     assert BlockSelector(base.replace(rescore=3), TORCH, 1).select(q, store).tolist() == [[4]]
     shared = BlockSelector(base.replace(rescore=3, per_kv_head=False), TORCH, 1)
@@ -159,15 +160,32 @@ def test_question_mass_favours_the_block_many_question_tokens_point_to():
         q[0, i, i] = 1.0
     q[0, 4, 5] = 1.0
     sel = BlockSelector(MemoryConfig(n_local=16, block_size=8, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8,
-                                     block_score="repr_max", question_topk=1), TORCH, 1)
+                                     block_score="repr_max", question_topk=1, question_neighbors=0), TORCH, 1)
     mass = sel.question_mass(q, store, scale=1.0)
     assert sel.question_blocks(mass).tolist() == [[3]]
     assert int(sel.scores(q, store).argmax()) == 7
 
 
+def test_question_blocks_are_widened_by_their_neighbours():
+    """A fact cut by a block boundary: the question picks the block holding half of it, and
+    ``question_neighbors`` adds the blocks on each side (clipped to the store, repeats emptied)."""
+    sel = BlockSelector(MemoryConfig(n_local=16, block_size=8, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8,
+                                     question_topk=2, question_neighbors=1), TORCH, 2)
+    mass = torch.zeros(2, 10)
+    mass[0, 4], mass[0, 5] = 1.0, 0.9  # adjacent picks: their neighbourhoods overlap
+    mass[1, 0], mass[1, 9] = 1.0, 0.9  # picks at both ends of the store
+    rows = sel.question_blocks(mass).tolist()
+    assert sorted(b for b in rows[0] if b >= 0) == [3, 4, 5, 6]
+    assert sorted(b for b in rows[1] if b >= 0) == [0, 1, 8, 9]
+    assert all(len(r) == 6 for r in rows)  # 2 picks x 3, repeats and out-of-range slots as -1
+    assert sel.config.replace(question_neighbors=0).question_neighbors == 0
+    plain = BlockSelector(sel.config.replace(question_neighbors=0), TORCH, 2)
+    assert plain.question_blocks(mass).tolist() == [[4, 5], [0, 9]]
+
+
 def test_question_blocks_are_pinned_for_the_answer_and_cleared_by_restore():
     config = MemoryConfig(n_init=2, n_local=16, block_size=4, topk=1, repr_topk=2, exc_block_size=4, chunk_size=4,
-                          question_topk=2, neighbors=0)
+                          question_topk=2, neighbors=0, question_neighbors=0)
     layer = make_layer(config)
     g = torch.Generator().manual_seed(1)
     for _ in range(20):
@@ -202,3 +220,15 @@ def test_selection_knobs_are_validated():
         with_selection(MemoryConfig(), "best")
     assert with_selection(MemoryConfig(), "paper").selection == SELECTIONS["paper"]
     assert MemoryConfig().selection == SELECTIONS["default"]
+
+
+def test_pins_past_the_store_are_ignored_until_those_blocks_exist():
+    """The question may pick (or widen to) blocks it evicted itself while it was ranked; after the restore
+    they do not exist yet, so a selection skips them instead of indexing past the store."""
+    d = 4
+    store = store_with(torch.randn(10, 1, 1, d), block_size=4)
+    sel = BlockSelector(MemoryConfig(n_local=16, block_size=4, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8),
+                        TORCH, 1)
+    idx = sel.select(torch.randn(1, 1, d), store, pinned=torch.tensor([[5, 10, 11]]))
+    valid = [b for b in idx[0].tolist() if b >= 0]
+    assert 5 in valid and max(valid) < 10

@@ -78,6 +78,7 @@ class Options:
     query_score: Optional[str] = None
     neighbors: Optional[int] = None
     question_topk: Optional[int] = None
+    question_neighbors: Optional[int] = None
     rescore: Optional[int] = None
     # generation
     max_new_tokens: Optional[int] = None  # None: DEFAULT_MAX_NEW_TOKENS, or the command's own default
@@ -122,6 +123,7 @@ class Options:
             query_score=self.query_score,
             neighbors=self.neighbors,
             question_topk=self.question_topk,
+            question_neighbors=self.question_neighbors,
             rescore=self.rescore,
             n_init=self.n_init,
             n_local=self.n_local,
@@ -227,6 +229,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("query_score", Optional[str], typer.Option("--query-score", metavar="MODE", help="Blocks ranked by the chunk's best query (max) or its mean query (mean).", callback=_choice("query_score", QUERY_MODES), rich_help_panel=P_MEMORY, show_default=False)),
         ("neighbors", Optional[int], typer.Option("--neighbors", metavar="N", help="Also read N blocks on each side of every retrieved block.", min=MEMORY_LIMITS["neighbors"][0], max=MEMORY_LIMITS["neighbors"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("question_topk", Optional[int], typer.Option("--question-topk", metavar="N", help="Blocks per KV head ranked by the whole question and kept for the answer (0: off).", min=MEMORY_LIMITS["question_topk"][0], max=MEMORY_LIMITS["question_topk"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("question_neighbors", Optional[int], typer.Option("--question-neighbors", metavar="N", help="Also keep N blocks on each side of every block the question picked (0: off).", min=MEMORY_LIMITS["question_neighbors"][0], max=MEMORY_LIMITS["question_neighbors"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("rescore", Optional[int], typer.Option("--rescore", metavar="M", help="Re-rank the M best blocks per KV head with every key they hold (0: off).", min=MEMORY_LIMITS["rescore"][0], max=MEMORY_LIMITS["rescore"][1], rich_help_panel=P_MEMORY, show_default=False)),
     ],
     "generation": [

@@ -9,7 +9,8 @@ For a chunk of memory queries ``q_mem`` [H, L, D] and a store of ``n`` blocks, t
    all its keys (``"bounds"``: ``relu(q) . kmax + min(q, 0) . kmin``, the largest score any key of the
    block can reach, computed as one dot product of ``[relu(q) | min(q, 0)]`` with ``[kmax | kmin]``); one
    ranking summed over all heads (the paper) or one per KV head (``per_kv_head``); keep the ``topk`` best;
-2. pin: add the blocks pinned for the current answer (question-aware retrieval, or an oracle);
+2. pin: add the blocks pinned for the current answer (question-aware retrieval with its
+   ``question_neighbors``, or an oracle);
 3. widen: add the ``neighbors`` blocks on each side of every block so far (facts cut by a block boundary);
 4. deduplicate: a block read twice would count twice in the softmax; repeats become empty slots (-1).
 
@@ -89,14 +90,18 @@ class BlockSelector:
         else:
             idx = self.rank(self.queries(q_mem), store, cfg.topk, cfg.per_kv_head)
         if pinned is not None and pinned.numel():
-            idx = torch.cat([idx, pinned.to(idx.device)], dim=1)
+            # pins past the store (blocks the question evicted while it was ranked) are skipped until they exist
+            pinned = pinned.to(idx.device)
+            idx = torch.cat([idx, pinned.masked_fill(pinned >= store.n_blocks, -1)], dim=1)
         return widen_and_dedupe(idx, cfg.neighbors, store.n_blocks)
 
     def question_blocks(self, mass: torch.Tensor) -> torch.Tensor:
         """The ``question_topk`` blocks per KV head with the most question mass [Hkv, n] (see
-        :meth:`question_mass`)."""
+        :meth:`question_mass`), widened by ``question_neighbors`` blocks on each side: [Hkv, P] with -1 in
+        empty slots (repeats)."""
         k = min(self.config.question_topk, mass.shape[1])
-        return torch.topk(mass, k, dim=1).indices.sort(dim=1).values
+        best = torch.topk(mass, k, dim=1).indices.sort(dim=1).values
+        return widen_and_dedupe(best, self.config.question_neighbors, mass.shape[1])
 
     def question_mass(self, q_mem: torch.Tensor, store: BlockStore, scale: float) -> torch.Tensor:
         """[Hkv, n] how much of the question's attention each block would draw: for every question token and

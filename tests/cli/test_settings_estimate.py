@@ -74,6 +74,15 @@ def test_knobs_override_the_preset_and_are_validated() -> None:
     assert mem.chunk_size % 48 == 0
     with pytest.raises(ConfigError, match="exc_block_size"):
         Options(preset="tiny", n_local=32).memory_config()
+    # the question's blocks and their neighbours: default selection, paper selection, explicit override
+    mem, _ = Options(preset="small").memory_config()
+    assert (mem.question_topk, mem.question_neighbors) == (8, 1)
+    mem, _ = Options(preset="small", selection="paper").memory_config()
+    assert (mem.question_topk, mem.question_neighbors) == (0, 0)
+    mem, _ = Options(preset="small", question_neighbors=2).memory_config()
+    assert mem.question_neighbors == 2
+    with pytest.raises(ConfigError, match="question_neighbors"):
+        Options(preset="small", question_neighbors=9).memory_config()
 
 
 # -- estimates ---------------------------------------------------------------------------------------
