@@ -16,6 +16,8 @@ Curriculum: 64-byte sequences first (the induction circuit forms much faster on 
 Run::
 
     python benchmarks/train_recall_model.py --out tests/models/recall-byte256
+    python benchmarks/train_recall_model.py --init tests/models/recall-byte256 --mix lines --steps-64 0 \
+        --steps-256 1500 --lr 1e-3 --out tests/models/recall-lines256      # multi-line documents
 
 and commit the folder (safetensors weights, tokenizer, model card).
 """
@@ -222,15 +224,18 @@ def build_model(seed: int):
     return transformers.LlamaForCausalLM(config)
 
 
-def dense_passkey_accuracy(model, rng: random.Random, trials: int = 50, length: int = 250) -> float:
-    """Exact-match rate of a 5-digit key at random depth in a sequence of ``length`` bytes (full attention)."""
+def dense_passkey_accuracy(model, rng: random.Random, trials: int = 50, length: int = 250,
+                           lines: bool = False) -> float:
+    """Exact-match rate of a 5-digit key at random depth in a sequence of ``length`` bytes (full attention);
+    ``lines``: the text before the question laid out in lines as :func:`layout` does."""
     ok = 0
     for _ in range(trials):
         key = str(rng.randrange(10000, 100000))
         q = "What is the pass key? The pass key is "
-        body = length - len(q) - 5 - 40
+        body = length - len(q) - 5 - 40 - (40 if lines else 0)  # room for the line breaks layout() adds
         d = rng.randint(0, body)
-        text = filler(rng, d) + f"The pass key is {key}. Remember it. " + filler(rng, body - d) + q
+        text = filler(rng, d) + f"The pass key is {key}. Remember it. " + filler(rng, body - d)
+        text = (layout(rng, text) + "\n" if lines else text) + q
         ids = torch.tensor([[0] + encode(text + key)])
         with torch.no_grad():
             logits = model(ids).logits[0, -6:-1]
@@ -239,10 +244,17 @@ def dense_passkey_accuracy(model, rng: random.Random, trials: int = 50, length: 
 
 
 def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr: float, threads: int,
-          mix: str = "plain") -> None:
+          mix: str = "plain", init: Path | None = None) -> None:
     torch.set_num_threads(threads)
     rng = random.Random(seed)
-    model = build_model(seed)
+    if init is None:
+        model = build_model(seed)
+    else:  # continue from a trained model (e.g. recall-byte256, whose induction circuit already formed)
+        import transformers
+
+        torch.manual_seed(seed)
+        model = transformers.LlamaForCausalLM.from_pretrained(str(init), dtype=torch.float32)
+        model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     total = steps64 + steps256
     start = time.time()
@@ -262,13 +274,15 @@ def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr
             print(f"step {step:5d}  len {length}  loss {loss.item():.3f}  {time.time() - start:6.0f}s", flush=True)
     model.eval()
     acc = dense_passkey_accuracy(model, random.Random(seed + 1))
-    print(f"dense pass-key exact match at 250 bytes: {acc:.2f}", flush=True)
+    acc_lines = dense_passkey_accuracy(model, random.Random(seed + 2), lines=True)
+    print(f"dense pass-key exact match at 250 bytes: {acc:.2f} (single line), {acc_lines:.2f} (in lines)", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     make_tokenizer().save_pretrained(out)
     (out / "training.json").write_text(json.dumps({
         "seed": seed, "steps_64": steps64, "steps_256": steps256, "batch_size": batch_size, "lr": lr,
-        "threads": threads, "mix": mix, "seconds": round(time.time() - start), "dense_passkey_250": acc,
+        "threads": threads, "mix": mix, "init": None if init is None else init.name, "seconds": round(time.time() - start), "dense_passkey_250": acc,
+        "dense_passkey_250_lines": acc_lines,
     }, indent=2) + "\n")
 
 
@@ -284,8 +298,10 @@ def main() -> None:
     p.add_argument("--mix", choices=["plain", "lines"], default="plain",
                    help="plain: single-line rows (recall-byte256); lines: 3 of 4 rows laid out in lines with "
                         "file headers, code and 'X is Y' decoys (recall-lines256)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this trained model instead of random weights (fine-tuning)")
     a = p.parse_args()
-    train(a.out, a.seed, a.steps_64, a.steps_256, a.batch_size, a.lr, a.threads, a.mix)
+    train(a.out, a.seed, a.steps_64, a.steps_256, a.batch_size, a.lr, a.threads, a.mix, a.init)
 
 
 if __name__ == "__main__":

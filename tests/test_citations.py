@@ -6,9 +6,11 @@
 * end to end with the recall test model (tests/models/recall-byte256, a byte-level Llama that copies a
   pass key from its context): the top source of the answer is the passage holding the planted fact in at
   least 90% of trials over seeds and depths, the fact being far outside the local window (micro preset).
-  The model was trained on single-line text only: a newline anywhere in the context breaks its copying
-  (measured: 2 of 9 answers right even with the evidence blocks forced into the selection), so the planted
-  documents here are single-line texts, and page / file / line mapping is checked on the span map alone.
+  That model was trained on single-line text only (a newline anywhere in the context breaks its copying),
+  so its documents are single-line texts;
+* end to end on laid-out documents with tests/models/recall-lines256 (the same model fine-tuned on text in
+  lines, file headers and code): a pass key on a chosen page of a generated 40-page PDF, in a chosen file
+  of a generated repository and at a chosen line of a long text is cited as that page / file / line.
 """
 
 from __future__ import annotations
@@ -127,6 +129,50 @@ def planted_document(tmp_path: Path, seed: int, depth: float, n_sentences: int =
     return path, key, fact
 
 
+FACT = "The pass key is {key}. Remember it. {key} is the pass key."
+
+
+def planted_pdf(tmp_path: Path, seed: int, page: int, n_pages: int = 40) -> tuple[Path, str, int]:
+    """A ``n_pages``-page PDF of prose (3 lines a page) with a pass key on ``page``; (path, key, page)."""
+    rng = random.Random(seed)
+    pages = [prose(rng, 3) for _ in range(n_pages)]
+    key = make_key(rng, "digits")
+    pages[page - 1].insert(rng.randrange(4), FACT.format(key=key))
+    path = tmp_path / f"report_{seed}_{page}.pdf"
+    path.write_bytes(reportlab_pdf(pages))
+    return path, key, page
+
+
+def planted_repo(tmp_path: Path, seed: int, index: int, n_files: int = 12) -> tuple[Path, str, str]:
+    """A repository of ``n_files`` small files (code and notes) with a pass key in file ``index``;
+    (root, key, that file's relative path)."""
+    rng = random.Random(seed)
+    files = {}
+    for i in range(n_files):
+        if i % 3 == 2:
+            rel, lines = f"docs/note_{i}.md", [f"# Note {i}", *prose(rng, 5)]
+        else:
+            rel = f"src/mod_{i}.py"
+            lines = [f"def step_{i}(x):", *(f"    # {line}" for line in prose(rng, 3)), f"    return x + {i}"]
+        if i == index:
+            lines.insert(1 + rng.randrange(len(lines) - 1), ("    # " if rel.endswith(".py") else "") + FACT.format(key=(key := make_key(rng, "digits"))))
+            target = rel
+        files[rel] = "\n".join(lines) + "\n"
+    root = write_tree(tmp_path / f"repo_{seed}_{index}", files)
+    return root, key, target
+
+
+def planted_lines(tmp_path: Path, seed: int, line: int, n_lines: int = 150) -> tuple[Path, str, int]:
+    """A text of ``n_lines`` prose lines with a pass key as line ``line`` (1-based); (path, key, line)."""
+    rng = random.Random(seed)
+    lines = prose(rng, n_lines - 1)
+    key = make_key(rng, "digits")
+    lines.insert(line - 1, FACT.format(key=key))
+    path = tmp_path / f"notes_{seed}_{line}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path, key, line
+
+
 def ask_with_sources(loaded, path: Path, backend: str = "torch", max_new_tokens: int = 6):
     from infllm_cli.cli.session import Answer, Citing, DocumentSession, read_document
     from infllm_cli.runner import Runner
@@ -161,6 +207,52 @@ def test_top_source_is_the_planted_fact(tmp_path, recall_model):
                 hits += top.tokens[0] < start + len(fact) and start < top.tokens[1]  # the passage holds the fact
     assert right >= 0.6 * trials, (right, trials)  # the model copies (else this test measures nothing)
     assert hits >= 0.9 * right, (hits, right, trials)
+
+
+LINES_MODEL = Path(__file__).resolve().parent / "models" / "recall-lines256"
+PLANTS = {"pdf": (planted_pdf, (6, 20, 33)), "repo": (planted_repo, (1, 5, 10)), "lines": (planted_lines, (20, 75, 130))}
+
+
+@pytest.fixture(scope="module")
+def lines_model():
+    if not (LINES_MODEL / "model.safetensors").exists():
+        pytest.skip("recall test model for multi-line documents (tests/models/recall-lines256) absent")
+    from infllm_cli.models import load_model
+
+    return load_model(str(LINES_MODEL), device="cpu", dtype="float32")
+
+
+def is_planted_place(kind: str, source, where) -> bool:
+    """Whether a source is the planted page (PDF), file (repository) or line (text)."""
+    if kind == "pdf":
+        return source.page == where
+    if kind == "repo":
+        return source.path == where
+    return source.line_start <= where <= source.line_end
+
+
+def test_top_source_is_the_planted_page_file_or_line(tmp_path, lines_model):
+    """A pass key on page 6 / 20 / 33 of a 40-page PDF, in file 1 / 5 / 10 of a 12-file repository, at line
+    20 / 75 / 130 of a 150-line text, three seeds each (27 trials, every one counted, right answer or not):
+    the answer's top source is that page / file / line. Measured 2026-12-01 with the default selection:
+    PDF 9/9, repository 7/9, text 8/9 (24 of 27; over six seeds 49 of 54: 18/18, 15/18, 16/18, see
+    docs/citations.md). The bar below leaves room for two flips of a near tie, not for a regression."""
+    torch.set_num_threads(1)
+    hits, misses = {}, []
+    for kind, (plant, positions) in PLANTS.items():
+        hits[kind] = 0
+        for seed in range(3):
+            for position in positions:
+                path, key, where = plant(tmp_path, seed, position)
+                _, text, answer = ask_with_sources(lines_model, path)
+                top = answer.sources[0]
+                if top.line_start is not None:  # a passage, not the whole file
+                    assert top.line_end - top.line_start <= 12, top
+                if is_planted_place(kind, top, where):
+                    hits[kind] += 1
+                else:
+                    misses.append((kind, seed, position, text, [(s.path, s.page, s.line_start) for s in answer.sources]))
+    assert sum(hits.values()) >= 22 and min(hits.values()) >= 6, (hits, misses)
 
 
 def test_backends_record_the_same_attention(tmp_path, recall_model):
