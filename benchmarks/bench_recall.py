@@ -39,7 +39,7 @@ KNOBS = {
     "bounds": ("block_score", "repr_sum", "bounds"),
     "repr-max": ("block_score", "repr_sum", "repr_max"),
     "query-max": ("query_score", "mean", "max"),
-    "question": ("question_topk", 0, 8),
+    "question": ("question_topk", 0, 4),
     "question-neighbors": ("question_neighbors", 0, 1),
     "neighbors": ("neighbors", 0, 1),
     "rescore": ("rescore", 0, 32),

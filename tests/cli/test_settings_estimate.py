@@ -76,7 +76,7 @@ def test_knobs_override_the_preset_and_are_validated() -> None:
         Options(preset="tiny", n_local=32).memory_config()
     # the question's blocks and their neighbours: default selection, paper selection, explicit override
     mem, _ = Options(preset="small").memory_config()
-    assert (mem.question_topk, mem.question_neighbors) == (8, 1)
+    assert (mem.question_topk, mem.question_neighbors) == (4, 1)
     mem, _ = Options(preset="small", selection="paper").memory_config()
     assert (mem.question_topk, mem.question_neighbors) == (0, 0)
     mem, _ = Options(preset="small", question_neighbors=2).memory_config()
