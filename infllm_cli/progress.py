@@ -138,13 +138,18 @@ def logging_restored() -> Iterator[None]:
             logger.propagate = propagate
 
 
+def format_rate(rate: float) -> str:
+    """A rate for people: whole numbers from 10 up ("5,279"), two significant digits below ("0.27")."""
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         unit = task.fields.get("unit", "tokens")
         if not speed:
             return Text("")
-        return Text(f"{speed:,.0f} {unit}/s", style="progress.data.speed")
+        return Text(f"{format_rate(speed)} {unit}/s", style="progress.data.speed")
 
 
 class _EtaColumn(ProgressColumn):
@@ -205,7 +210,7 @@ class PlainProgress:
             parts.append(info)
         rate = self.eta.rate()
         if rate:
-            parts.append(f"{rate:,.0f} {self.unit}/s")
+            parts.append(f"{format_rate(rate)} {self.unit}/s")
         parts.append(f"elapsed {format_duration(elapsed)}")
         if self.total:
             parts.append(f"ETA {format_duration(self.eta.remaining(self.total))}")

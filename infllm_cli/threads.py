@@ -183,7 +183,9 @@ def configure_threads(requested: int | str | None = None) -> ThreadChoice:
     torch, and log it."""
     import torch
 
-    choice = choose_threads(requested, os.environ.get(ENV_THREADS), cpu_facts())
+    env = os.environ.get(ENV_THREADS)
+    measured = requested is None and not (env and env.strip())  # sample the CPUs only when they decide
+    choice = choose_threads(requested, env, cpu_facts(sample=measured))
     torch.set_num_threads(choice.threads)
     log.info("threads: %d (%s)", choice.threads, choice.reason)
     return choice

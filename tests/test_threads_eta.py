@@ -128,3 +128,23 @@ def test_unknown_before_any_sample_and_formatting() -> None:
     eta = EtaEstimator(clock=FakeClock())
     assert eta.rate() is None and eta.remaining(10) is None
     assert format_duration(None) == "?" and format_duration(75) == "1:15" and format_duration(3725) == "1:02:05"
+
+
+def test_rates_read_well_at_any_speed() -> None:
+    from infllm_cli.progress import format_rate
+
+    assert format_rate(5279.4) == "5,279" and format_rate(12.0) == "12"
+    assert format_rate(0.27) == "0.27" and format_rate(3.456) == "3.5"  # trials per second, not "0"
+
+
+def test_an_explicit_thread_count_skips_the_cpu_sample(monkeypatch) -> None:
+    import infllm_cli.threads as threads
+
+    def no_sampling(seconds: float = 0.2):
+        raise AssertionError("sampled /proc/stat although the thread count was given")
+
+    monkeypatch.setattr(threads, "_sample_busy", no_sampling)
+    monkeypatch.delenv(threads.ENV_THREADS, raising=False)
+    assert threads.configure_threads(1).threads == 1
+    monkeypatch.setenv(threads.ENV_THREADS, "1")
+    assert threads.configure_threads(None).reason == threads.ENV_THREADS

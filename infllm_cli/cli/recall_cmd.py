@@ -82,7 +82,7 @@ def recall_cmd(
             variants.append(Variant(name + "+oracle", opts.attention, memory, oracle=True))
         total = len(tasks) * len(lengths) * len(depths) * trials * len(variants)
         try:
-            with reporter.task("recall trials", total=total) as update:
+            with reporter.task("recall", total=total, unit="trials") as update:
                 done = 0
 
                 def tick(_: object) -> None:
