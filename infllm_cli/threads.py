@@ -129,16 +129,16 @@ def _cgroup_quota() -> float | None:
         return None
 
 
-def busy_cpus(before: list[int], after: list[int]) -> float | None:
-    """CPUs kept busy between two readings of ``/proc/stat``'s aggregate ``cpu`` line (its jiffy counters:
-    user nice system idle iowait irq softirq steal ...), in CPUs of ``os.cpu_count()``; None when no time
-    passed. Idle and iowait count as free."""
+def busy_cpus(before: list[int], after: list[int], cpus: int) -> float | None:
+    """CPUs (of ``cpus`` online) kept busy between two readings of ``/proc/stat``'s aggregate ``cpu`` line
+    (its jiffy counters: user nice system idle iowait irq softirq steal ...); None when no time passed.
+    Idle and iowait count as free."""
     delta = [b - a for a, b in zip(before, after)]
     total = sum(delta[:8])
     if total <= 0:
         return None
     idle = delta[3] + (delta[4] if len(delta) > 4 else 0)
-    return max(0.0, (total - idle) / total) * (os.cpu_count() or 1)
+    return max(0.0, (total - idle) / total) * cpus
 
 
 def _read_cpu_stat() -> list[int] | None:
@@ -162,7 +162,7 @@ def _sample_busy(seconds: float = 0.2) -> float | None:
         return None
     time.sleep(seconds)
     after = _read_cpu_stat()
-    return None if after is None else busy_cpus(before, after)
+    return None if after is None else busy_cpus(before, after, os.cpu_count() or 1)
 
 
 def cpu_facts(sample: bool = True) -> CpuFacts:

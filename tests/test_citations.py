@@ -117,19 +117,19 @@ def test_span_map_round_trips_through_json(tmp_path, byte_tokenizer):
 # -- ledger and end to end ---------------------------------------------------------------------------
 
 
+FACT = "The pass key is {key}. Remember it. {key} is the pass key."
+
+
 def planted_document(tmp_path: Path, seed: int, depth: float, n_sentences: int = 80) -> tuple[Path, str, str]:
     """A single-line text (~4.5K bytes) with a pass key planted at ``depth``; (path, key, the fact)."""
     rng = random.Random(seed)
     sentences = prose(rng, n_sentences)
     key = make_key(rng, "digits")
-    fact = f"The pass key is {key}. Remember it. {key} is the pass key."
+    fact = FACT.format(key=key)
     sentences.insert(int(depth * n_sentences), fact)
     path = tmp_path / f"doc_{seed}_{depth}.txt"
     path.write_text(" ".join(sentences) + "\n")
     return path, key, fact
-
-
-FACT = "The pass key is {key}. Remember it. {key} is the pass key."
 
 
 def planted_pdf(tmp_path: Path, seed: int, page: int, n_pages: int = 40) -> tuple[Path, str, int]:

@@ -38,15 +38,12 @@ def test_busy_now_overrides_a_stale_load_average() -> None:
 
 
 def test_busy_cpus_from_proc_stat_counters() -> None:
-    import os
-
     from infllm_cli.threads import busy_cpus
 
-    n = os.cpu_count() or 1
     # user nice system idle iowait irq softirq steal: 300 of 400 jiffies idle or waiting -> a quarter busy
-    assert busy_cpus([0] * 8, [60, 0, 40, 250, 50, 0, 0, 0]) == pytest.approx(0.25 * n)
-    assert busy_cpus([5] * 8, [5] * 8) is None  # no time passed
-    assert busy_cpus([0] * 8, [100, 0, 0, 0, 0, 0, 0, 0]) == pytest.approx(n)
+    assert busy_cpus([0] * 8, [60, 0, 40, 250, 50, 0, 0, 0], 8) == pytest.approx(2.0)
+    assert busy_cpus([5] * 8, [5] * 8, 8) is None  # no time passed
+    assert busy_cpus([0] * 8, [100, 0, 0, 0, 0, 0, 0, 0], 2) == pytest.approx(2.0)
 
 
 def test_affinity_and_quota_bound_the_choice_and_make_load_irrelevant() -> None:
