@@ -41,6 +41,7 @@ KNOBS = {
     "query-max": ("query_score", "mean", "max"),
     "question": ("question_topk", 0, 4),
     "question-neighbors": ("question_neighbors", 0, 1),
+    "question-shared": ("question_shared", 0, 2),
     "neighbors": ("neighbors", 0, 1),
     "rescore": ("rescore", 0, 32),
 }
@@ -81,7 +82,7 @@ def variants(base, names: list[str]) -> list[Variant]:
 
 
 ALL = ["streaming", "paper", *[f"paper+{k}" for k in KNOBS], "paper-3xtopk", "default",
-       *[f"default-{k}" for k in ("kv-head", "bounds", "question")], "default+query-max", "default+neighbors",
+       *[f"default-{k}" for k in ("kv-head", "bounds", "question", "question-shared")], "default+query-max", "default+neighbors",
        "paper+oracle", "default+oracle"]
 
 

@@ -8,6 +8,7 @@ the planted page / file / line. About 35 s for the 27 trials of three seeds on a
 
     python benchmarks/cite_trials.py                                   # tests/models/recall-lines256
     python benchmarks/cite_trials.py --model tests/models/recall-byte256 --kinds pdf
+    python benchmarks/cite_trials.py --oracle            # the fact's blocks pinned: the selection's ceiling
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from infllm_cli.models import load_model  # noqa: E402
 from tests.test_citations import PLANTS, ask_with_sources, is_planted_place  # noqa: E402
 
 
-def trial(loaded, kind: str, seed: int, position: int, tmp: Path) -> tuple[bool, bool, str]:
+def trial(loaded, kind: str, seed: int, position: int, tmp: Path, oracle: bool = False) -> tuple[bool, bool, str]:
     path, key, where = PLANTS[kind][0](tmp, seed, position)
-    _, text, answer = ask_with_sources(loaded, path)
+    _, text, answer = ask_with_sources(loaded, path, oracle_key=key if oracle else None)
     shown = [(s.page if kind == "pdf" else s.path if kind == "repo" else (s.line_start, s.line_end), round(s.score, 2))
              for s in answer.sources[:3]]
     return key in text, bool(answer.sources) and is_planted_place(kind, answer.sources[0], where), f"{text!r} {shown}"
@@ -37,6 +38,8 @@ def main() -> None:
     p.add_argument("--model", default=str(ROOT / "tests" / "models" / "recall-lines256"))
     p.add_argument("--kinds", nargs="+", default=list(PLANTS), choices=list(PLANTS))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--oracle", action="store_true",
+                   help="pin the blocks holding the fact instead of ranking the question's (the selection's ceiling)")
     a = p.parse_args()
     loaded = load_model(a.model, device="cpu", dtype="float32")
     rows = []
@@ -45,11 +48,11 @@ def main() -> None:
             right = hits = n = 0
             for seed in range(a.seeds):
                 for position in PLANTS[kind][1]:
-                    ok, hit, shown = trial(loaded, kind, seed, position, Path(tmp))
+                    ok, hit, shown = trial(loaded, kind, seed, position, Path(tmp), a.oracle)
                     n, right, hits = n + 1, right + ok, hits + hit
                     print(f"{kind:5} seed {seed} at {position:3}: right={ok!s:5} top={hit!s:5} {shown}", flush=True)
             rows.append((kind, n, right, hits))
-    print(f"\nmodel {a.model}")
+    print(f"\nmodel {a.model}{', oracle selection (the fact pinned)' if a.oracle else ''}")
     print("| document | trials | answer right | top source = planted place |")
     print("|---|---:|---:|---:|")
     for kind, n, right, hits in rows:

@@ -38,6 +38,10 @@ the best combination the recall benchmark found (named ``default``):
                        token's own retrieval
 ``question_neighbors`` also pin the ``question_neighbors`` blocks before and after each of the question's
                        blocks (a fact cut by a block boundary; costs nothing while reading)
+``question_shared``    also pin, in every layer and KV head, the ``question_shared`` blocks the question's
+                       attention favours over all layers and KV heads (each head's question mass normalised
+                       and summed; widened by ``question_neighbors``): a block the heads that match the
+                       question find is read by the heads that copy from it too
 ``rescore``            re-rank exactly: the ``rescore`` best blocks by ``block_score`` are scored again
                        with every key they hold (best ``q . k``; for the question, the log-sum-exp of its
                        keys' scores) and the ``topk`` (``question_topk``) best of those are read; 0: off
@@ -74,6 +78,7 @@ MEMORY_LIMITS: dict[str, tuple[int, int]] = {
     "neighbors": (0, 8),
     "question_topk": (0, 1_024),
     "question_neighbors": (0, 8),
+    "question_shared": (0, 64),
     "rescore": (0, 4_096),
 }
 
@@ -113,6 +118,7 @@ class MemoryConfig:
     neighbors: int = 0
     question_topk: int = 4
     question_neighbors: int = 1
+    question_shared: int = 2
     rescore: int = 0
 
     def __post_init__(self) -> None:
@@ -171,9 +177,9 @@ class MemoryConfig:
 SELECTIONS: dict[str, dict[str, Any]] = {
     # Xiao et al.: the chunk's mean query against the sum of each block's representative keys, one ranking
     # summed over all heads, no neighbours, no question-aware blocks.
-    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "question_neighbors": 0, "rescore": 0},
+    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "question_neighbors": 0, "question_shared": 0, "rescore": 0},
     # the best combination on the recall benchmark (docs/retrieval.md)
-    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "rescore": 0},
+    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "question_shared": 2, "rescore": 0},
 }
 
 

@@ -38,6 +38,10 @@ def test_block_store_grows_linearly_and_the_rest_is_bounded() -> None:
     streaming = predict(2_000_000, PAPER, "streaming", SHAPE, "cuda")
     assert streaming.device_bytes < p1.device_bytes - store1 + 2**20
     assert predict(100_000, PAPER, "dense", SHAPE, "cuda").device_bytes > predict(100_000, PAPER, "infllm", SHAPE, "cuda").device_bytes
+    # every pinned question block (own, shared, widened) is read beside the top-k: the activations grow with them
+    acts = [predict(1_000_000, PAPER.replace(question_topk=4, question_neighbors=1, question_shared=s), "infllm", SHAPE, "cuda")
+            .device_parts["activations"] for s in (0, 2, 4)]
+    assert acts[0] < acts[1] < acts[2] and acts[2] - acts[1] == pytest.approx(acts[1] - acts[0], abs=2)
 
 
 def test_offload_moves_keys_and_values_to_the_host() -> None:

@@ -173,7 +173,11 @@ def planted_lines(tmp_path: Path, seed: int, line: int, n_lines: int = 150) -> t
     return path, key, line
 
 
-def ask_with_sources(loaded, path: Path, backend: str = "torch", max_new_tokens: int = 6):
+def ask_with_sources(loaded, path: Path, backend: str = "torch", max_new_tokens: int = 6, oracle_key: str | None = None):
+    """Read ``path``, ask for the pass key with citations: (document tokens, answer text, the answer).
+
+    With ``oracle_key``, the blocks holding the planted fact (from the key's first occurrence to its last,
+    with a margin) are pinned instead of ranking the question's blocks: the selection's ceiling."""
     from infllm_cli.cli.session import Answer, Citing, DocumentSession, read_document
     from infllm_cli.runner import Runner
 
@@ -182,6 +186,12 @@ def ask_with_sources(loaded, path: Path, backend: str = "torch", max_new_tokens:
     session = DocumentSession(Runner(loaded, MICRO, backend=backend))
     session.read(doc)
     prompt = tok(" What is the pass key? The pass key is", add_special_tokens=False)["input_ids"]
+    if oracle_key is not None:
+        ids, key = list(doc.ids), tok(oracle_key, add_special_tokens=False)["input_ids"]
+        at = [i for i in range(len(ids) - len(key) + 1) if ids[i : i + len(key)] == key]
+        first, last = session.doc_offset + at[0] - 16, session.doc_offset + at[-1] + len(key) + 16
+        session.runner.read_question(prompt, session.runner.cache.blocks_of(first, last))
+        prompt = []
     answer = Answer(session.runner, prompt, GenerationConfig(max_new_tokens=max_new_tokens), (),
                     Citing(doc, session.doc_offset))
     return doc, "".join(answer), answer
@@ -234,9 +244,9 @@ def is_planted_place(kind: str, source, where) -> bool:
 def test_top_source_is_the_planted_page_file_or_line(tmp_path, lines_model):
     """A pass key on page 6 / 20 / 33 of a 40-page PDF, in file 1 / 5 / 10 of a 12-file repository, at line
     20 / 75 / 130 of a 150-line text, three seeds each (27 trials, every one counted, right answer or not):
-    the answer's top source is that page / file / line. Measured 2026-12-01 with the default selection:
-    PDF 9/9, repository 4/9, text 4/9 (17 of 27; every miss a retrieval miss; over six seeds 35 of 54, see
-    docs/citations.md). The bar below leaves room for two flips of a near tie, not for a regression."""
+    the answer's top source is that page / file / line. Measured 2026-12-01 with the default selection
+    (``question_shared`` 2): PDF 9/9, repository 7/9, text 9/9 (25 of 27; over six seeds 50 of 54, see
+    docs/citations.md). The bar is the issue's: at least 90% of all trials."""
     torch.set_num_threads(1)
     hits, misses = {}, []
     for kind, (plant, positions) in PLANTS.items():
@@ -252,7 +262,17 @@ def test_top_source_is_the_planted_page_file_or_line(tmp_path, lines_model):
                     hits[kind] += 1
                 else:
                     misses.append((kind, seed, position, text, [(s.path, s.page, s.line_start) for s in answer.sources]))
-    assert sum(hits.values()) >= 15 and hits["pdf"] >= 8 and min(hits.values()) >= 3, (hits, misses)
+    assert sum(hits.values()) >= 0.9 * 27 and hits["pdf"] >= 8 and min(hits.values()) >= 6, (hits, misses)
+
+
+def test_oracle_selection_reads_and_cites_the_fact(tmp_path, lines_model):
+    """The ceiling ``benchmarks/cite_trials.py --oracle`` measures: with the fact's blocks pinned, the model
+    copies the key and cites the planted file (a repository, where the default selection missed most before
+    ``question_shared``)."""
+    torch.set_num_threads(1)
+    path, key, where = planted_repo(tmp_path, 1, 10)
+    _, text, answer = ask_with_sources(lines_model, path, oracle_key=key)
+    assert key in text and is_planted_place("repo", answer.sources[0], where), (text, answer.sources[:2])
 
 
 def test_backends_record_the_same_attention(tmp_path, recall_model):

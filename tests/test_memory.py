@@ -117,7 +117,7 @@ def test_offloaded_store_matches_device_store(selection):
     b = feed_random(offloaded, 200, seed=4)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     # the device cache grows only when one chunk's selection (all KV heads together) needs more slots
-    pins = config.question_topk * (1 + 2 * config.question_neighbors)
+    pins = (config.question_topk + config.question_shared) * (1 + 2 * config.question_neighbors)
     per_head = (config.topk + pins) * (1 + 2 * config.neighbors)  # top-k, pins, neighbours
     assert len(offloaded.store._slot_of) <= max(3, 2 * per_head)
     if selection == "paper":

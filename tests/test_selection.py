@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from infllm_cli.config import SELECTIONS, ConfigError, MemoryConfig, with_selection
-from infllm_cli.memory.selection import BlockSelector, block_keys, exact_mass, exact_scores, widen_and_dedupe
+from infllm_cli.memory.selection import (BlockSelector, block_keys, exact_mass, exact_scores, pooled_question_blocks,
+                                         widen_and_dedupe)
 from infllm_kernels.backend import TORCH
 from tests.test_memory import make_layer
 
@@ -181,6 +182,59 @@ def test_question_blocks_are_widened_by_their_neighbours():
     assert sel.config.replace(question_neighbors=0).question_neighbors == 0
     plain = BlockSelector(sel.config.replace(question_neighbors=0), TORCH, 2)
     assert plain.question_blocks(mass).tolist() == [[4, 5], [0, 9]]
+
+
+def test_pooled_question_blocks_give_every_layer_and_head_one_vote():
+    """Each layer's question mass is normalised per KV head before the layers and heads are summed: a head
+    sure of one block outweighs heads with a slight preference, whatever the scale of each layer's mass."""
+    sure = torch.tensor([[0.0, 0, 0, 10, 0, 0], [1, 1, 1, 1, 1, 1]])  # head 0 of layer 0 points at block 3
+    slight = torch.tensor([[1.0, 1, 1, 1, 1, 2], [1, 1, 1, 1, 1, 2]])  # both heads of layer 1 lean to block 5
+    assert pooled_question_blocks([sure, slight], 1).tolist() == [3]
+    assert pooled_question_blocks([sure, 1000 * slight], 1).tolist() == [3]  # scale-free per layer
+    assert sorted(pooled_question_blocks([sure, slight], 2).tolist()) == [3, 5]
+    assert pooled_question_blocks([sure, slight], 0).numel() == 0
+    assert len(pooled_question_blocks([sure, slight], 99)) == 6
+    three = [slight, slight, torch.tensor([[0.0, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]])]  # two sure heads win
+    assert pooled_question_blocks(three, 1).tolist() == [1]
+
+
+def test_shared_question_blocks_join_every_heads_own_widened():
+    sel = BlockSelector(MemoryConfig(n_local=16, block_size=8, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8,
+                                     question_topk=1, question_neighbors=1), TORCH, 2)
+    mass = torch.zeros(2, 10)
+    mass[0, 2] = mass[1, 9] = 1.0
+    rows = sel.question_blocks(mass, torch.tensor([5])).tolist()
+    assert sorted(b for b in rows[0] if b >= 0) == [1, 2, 3, 4, 5, 6]
+    assert sorted(b for b in rows[1] if b >= 0) == [4, 5, 6, 8, 9]
+    assert sel.question_blocks(mass, torch.tensor([2])).tolist()[0].count(2) == 1  # a repeat is read once
+
+
+def test_question_shared_pins_the_pooled_blocks_in_every_layer(tiny_llama_dir, monkeypatch):
+    """Through the runner: the blocks pooled over all layers' question masses are pinned in every layer and
+    KV head, beside each head's own question blocks; with 0, nothing is pooled."""
+    import infllm_cli.memory.cache as cache_module
+    from infllm_cli.models import load_model
+    from infllm_cli.runner import Runner
+
+    pooled = []
+    real = cache_module.pooled_question_blocks
+    monkeypatch.setattr(cache_module, "pooled_question_blocks", lambda masses, k: pooled.append(real(masses, k)) or pooled[-1])
+    config = MemoryConfig(n_init=4, n_local=64, block_size=16, topk=2, repr_topk=2, exc_block_size=32, chunk_size=32,
+                          question_topk=1, question_neighbors=0, question_shared=2)
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    runner = Runner(loaded, config, backend="torch")
+    runner.feed([3 + (7 * i) % 250 for i in range(400)])
+    runner.read_question([5, 6, 7, 8])
+    (shared,) = pooled
+    assert len(shared) == 2
+    for m in runner.cache.memories:
+        for row in m.pinned.tolist():
+            assert set(shared.tolist()) <= set(row)
+    pooled.clear()
+    runner = Runner(loaded, config.replace(question_shared=0), backend="torch")
+    runner.feed([3 + (7 * i) % 250 for i in range(400)])
+    runner.read_question([5, 6, 7, 8])
+    assert not pooled and all(m.pinned.shape[1] == 1 for m in runner.cache.memories)
 
 
 def test_question_blocks_are_pinned_for_the_answer_and_cleared_by_restore():

@@ -79,6 +79,7 @@ class Options:
     neighbors: Optional[int] = None
     question_topk: Optional[int] = None
     question_neighbors: Optional[int] = None
+    question_shared: Optional[int] = None
     rescore: Optional[int] = None
     # generation
     max_new_tokens: Optional[int] = None  # None: DEFAULT_MAX_NEW_TOKENS, or the command's own default
@@ -124,6 +125,7 @@ class Options:
             neighbors=self.neighbors,
             question_topk=self.question_topk,
             question_neighbors=self.question_neighbors,
+            question_shared=self.question_shared,
             rescore=self.rescore,
             n_init=self.n_init,
             n_local=self.n_local,
@@ -230,6 +232,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("neighbors", Optional[int], typer.Option("--neighbors", metavar="N", help="Also read N blocks on each side of every retrieved block.", min=MEMORY_LIMITS["neighbors"][0], max=MEMORY_LIMITS["neighbors"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("question_topk", Optional[int], typer.Option("--question-topk", metavar="N", help="Blocks per KV head ranked by the whole question and kept for the answer (0: off).", min=MEMORY_LIMITS["question_topk"][0], max=MEMORY_LIMITS["question_topk"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("question_neighbors", Optional[int], typer.Option("--question-neighbors", metavar="N", help="Also keep N blocks on each side of every block the question picked (0: off).", min=MEMORY_LIMITS["question_neighbors"][0], max=MEMORY_LIMITS["question_neighbors"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("question_shared", Optional[int], typer.Option("--question-shared", metavar="N", help="Also keep, in every layer and KV head, the N blocks the question favours over all layers and heads (0: off).", min=MEMORY_LIMITS["question_shared"][0], max=MEMORY_LIMITS["question_shared"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("rescore", Optional[int], typer.Option("--rescore", metavar="M", help="Re-rank the M best blocks per KV head with every key they hold (0: off).", min=MEMORY_LIMITS["rescore"][0], max=MEMORY_LIMITS["rescore"][1], rich_help_panel=P_MEMORY, show_default=False)),
     ],
     "generation": [

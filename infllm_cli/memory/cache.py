@@ -28,6 +28,7 @@ from infllm_kernels.backend import Backend
 from ..config import MemoryConfig
 from .layer_memory import LayerMemory
 from .ledger import AttentionLedger
+from .selection import pooled_question_blocks
 from .rope import RotaryTable
 
 ATTENTION_NAME = "infllm"
@@ -151,7 +152,16 @@ class ContextMemory(Cache):
         try:
             yield
         finally:
-            self._question_pins = [m.end_question() for m in self.memories]
+            shared = self._shared_question_blocks()
+            self._question_pins = [m.end_question(shared) for m in self.memories]
+
+    def _shared_question_blocks(self) -> torch.Tensor | None:
+        """[S] the ``question_shared`` blocks the question's attention favours over all layers and KV heads
+        (see :func:`~infllm_cli.memory.selection.pooled_question_blocks`), or None when off."""
+        masses = [m.question_scores for m in self.memories if m.question_scores is not None and m.keep_blocks]
+        if self.config.question_shared <= 0 or not masses:
+            return None
+        return pooled_question_blocks(masses, self.config.question_shared)
 
     def pin_question_blocks(self) -> None:
         """Pin the blocks found by the last :meth:`ranking_question`."""

@@ -193,12 +193,13 @@ class LayerMemory:
         """Rank blocks by the queries of the tokens read from now on (see :meth:`end_question`)."""
         self.question_scores = torch.zeros((self.k_raw.shape[0], 0), device=self.k_raw.device)
 
-    def end_question(self) -> torch.Tensor:
-        """Stop ranking; the ``question_topk`` best blocks per KV head, [Hkv, P]."""
+    def end_question(self, shared: torch.Tensor | None = None) -> torch.Tensor:
+        """Stop ranking; the ``question_topk`` best blocks per KV head and the ``shared`` blocks [S] (other
+        layers' best, see :meth:`ContextMemory.ranking_question`), widened: [Hkv, P]."""
         scores, self.question_scores = self.question_scores, None
         if scores is None or not self.keep_blocks:
             return torch.zeros((self.k_raw.shape[0], 0), dtype=torch.long, device=self.k_raw.device)
-        return self.selector.question_blocks(scores)
+        return self.selector.question_blocks(scores, shared)
 
     def pin(self, blocks: torch.Tensor | None) -> None:
         """Blocks [Hkv, P] (or [P] for every head) that every chunk reads from now on; None to stop."""

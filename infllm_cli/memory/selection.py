@@ -95,13 +95,19 @@ class BlockSelector:
             idx = torch.cat([idx, pinned.masked_fill(pinned >= store.n_blocks, -1)], dim=1)
         return widen_and_dedupe(idx, cfg.neighbors, store.n_blocks)
 
-    def question_blocks(self, mass: torch.Tensor) -> torch.Tensor:
+    def question_blocks(self, mass: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
         """The ``question_topk`` blocks per KV head with the most question mass [Hkv, n] (see
-        :meth:`question_mass`), widened by ``question_neighbors`` blocks on each side: [Hkv, P] with -1 in
-        empty slots (repeats)."""
-        k = min(self.config.question_topk, mass.shape[1])
-        best = torch.topk(mass, k, dim=1).indices.sort(dim=1).values
+        :meth:`question_mass`) and the ``shared`` blocks [S] (read by every head), widened by
+        ``question_neighbors`` blocks on each side: [Hkv, P] with -1 in empty slots (repeats)."""
+        best = self.best_question_blocks(mass, self.config.question_topk)
+        if shared is not None and shared.numel():
+            best = torch.cat([best, shared.to(best.device)[None].expand(best.shape[0], -1)], dim=1)
         return widen_and_dedupe(best, self.config.question_neighbors, mass.shape[1])
+
+    @staticmethod
+    def best_question_blocks(mass: torch.Tensor, k: int) -> torch.Tensor:
+        """[Hkv, min(k, n)] the ``k`` blocks with the most question mass [Hkv, n], per KV head."""
+        return torch.topk(mass, min(k, mass.shape[1]), dim=1).indices
 
     def question_mass(self, q_mem: torch.Tensor, store: BlockStore, scale: float) -> torch.Tensor:
         """[Hkv, n] how much of the question's attention each block would draw: for every question token and
@@ -127,6 +133,26 @@ class BlockSelector:
         candidates = torch.topk(mass, min(m, store.n_blocks), dim=1).indices
         exact = exact_mass(q_mem.view(self.n_kv, g, n_q, -1), block_keys(store, candidates), scale)
         return torch.zeros_like(mass).scatter_(1, candidates, exact.to(mass.device))
+
+
+def pooled_question_blocks(masses: list[torch.Tensor], k: int) -> torch.Tensor:
+    """The ``k`` blocks the question's attention favours over all layers and KV heads: [min(k, n)] int64.
+
+    Each layer's question mass [Hkv, n] (:meth:`BlockSelector.question_mass`; layers that saw fewer blocks
+    are padded with zeros) is normalised per KV head to a distribution over the blocks, and the
+    distributions are summed, so every layer and head has one vote of the same weight: a block that several
+    heads favour, or that one head is sure of, wins. Pinned in every layer and head, such a block is read by
+    the heads that would not have found it themselves (the heads that copy are not always the heads that
+    match the question).
+    """
+    n = max(mass.shape[1] for mass in masses)
+    if k <= 0 or n == 0:
+        return torch.zeros(0, dtype=torch.long, device=masses[0].device)
+    pooled = torch.zeros(n, dtype=torch.float32, device=masses[0].device)
+    for mass in masses:
+        share = mass.float() / mass.float().sum(dim=1, keepdim=True).clamp(min=1e-30)
+        pooled[: mass.shape[1]] += share.sum(dim=0).to(pooled.device)
+    return torch.topk(pooled, min(k, n)).indices
 
 
 def block_keys(store: BlockStore, blocks: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ log = logging.getLogger("infllm.cache")
 
 CHECKPOINTS = 4
 # knobs that do not change what is stored: used only when a question is read, or where the blocks are kept
-NOT_STATE = ("question_topk", "question_neighbors", "offload", "disk_store", "max_cached_block")
+NOT_STATE = ("question_topk", "question_neighbors", "question_shared", "offload", "disk_store", "max_cached_block")
 
 
 @dataclass

@@ -76,13 +76,15 @@ def test_knobs_override_the_preset_and_are_validated() -> None:
         Options(preset="tiny", n_local=32).memory_config()
     # the question's blocks and their neighbours: default selection, paper selection, explicit override
     mem, _ = Options(preset="small").memory_config()
-    assert (mem.question_topk, mem.question_neighbors) == (4, 1)
+    assert (mem.question_topk, mem.question_neighbors, mem.question_shared) == (4, 1, 2)
     mem, _ = Options(preset="small", selection="paper").memory_config()
-    assert (mem.question_topk, mem.question_neighbors) == (0, 0)
-    mem, _ = Options(preset="small", question_neighbors=2).memory_config()
-    assert mem.question_neighbors == 2
+    assert (mem.question_topk, mem.question_neighbors, mem.question_shared) == (0, 0, 0)
+    mem, _ = Options(preset="small", question_neighbors=2, question_shared=0).memory_config()
+    assert (mem.question_neighbors, mem.question_shared) == (2, 0)
     with pytest.raises(ConfigError, match="question_neighbors"):
         Options(preset="small", question_neighbors=9).memory_config()
+    with pytest.raises(ConfigError, match="question_shared"):
+        Options(preset="small", question_shared=65).memory_config()
 
 
 # -- estimates ---------------------------------------------------------------------------------------
