@@ -102,7 +102,7 @@ def dense_inputs(x: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[1, H, L, D] queries and [1, Hkv, S, D] keys/values: [init | gathered blocks | local], contiguous."""
     from infllm_kernels.reference import gather_memory
 
-    k_mem, v_mem = gather_memory(x["k_init"], x["v_init"], x["k_blocks"], x["v_blocks"], x["block_idx"])
+    k_mem, v_mem, _ = gather_memory(x["k_init"], x["v_init"], x["k_blocks"], x["v_blocks"], x["block_idx"])
     k = torch.cat([k_mem, x["k_local"]], dim=1)[None].contiguous()
     v = torch.cat([v_mem, x["v_local"]], dim=1)[None].contiguous()
     return x["q_local"][None].contiguous(), k, v

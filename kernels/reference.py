@@ -65,16 +65,37 @@ def gather_memory(
     bs = k_blocks.shape[2]
     idx = per_head_index(block_idx, n_kv).to(k_blocks.device)  # [Hkv, K]
     ok = idx >= 0
-    safe = idx.clamp(min=0)
-    heads = torch.arange(n_kv, device=k_blocks.device)[:, None]
-    kb = k_blocks[safe, heads] if idx.numel() else k_blocks.new_zeros((n_kv, 0, bs, d))  # [Hkv, K, bs, D]
-    vb = v_blocks[safe, heads] if idx.numel() else v_blocks.new_zeros((n_kv, 0, bs, d))
-    kb = kb.masked_fill(~ok[..., None, None], 0).reshape(n_kv, -1, d)
-    vb = vb.masked_fill(~ok[..., None, None], 0).reshape(n_kv, -1, d)
     valid = torch.cat([torch.ones(n_kv, n_i, dtype=torch.bool, device=k_init.device),
                        ok.to(k_init.device).repeat_interleave(bs, dim=1)], dim=1)
-    return (torch.cat([k_init, kb.to(k_init.device)], dim=1), torch.cat([v_init, vb.to(v_init.device)], dim=1),
-            valid)
+    kb, vb = _gather_blocks(k_blocks, idx), _gather_blocks(v_blocks, idx)
+    return (torch.cat([k_init, kb.view(n_kv, -1, d).to(k_init.device)], dim=1),
+            torch.cat([v_init, vb.view(n_kv, -1, d).to(v_init.device)], dim=1), valid)
+
+
+def _gather_blocks(blocks: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Blocks ``idx`` [Hkv, K] (-1: empty) of ``blocks`` [NB, Hkv, bs, D], each row from its own KV head:
+    [Hkv * K, bs, D], zeros in empty slots.
+
+    One ``index_select`` over the store seen as [NB * Hkv, bs, D] rows (advanced indexing costs several
+    times more on CPU). Empty slots are zeroed only when there are any: on the CPU that check is free and a
+    broadcast select over the whole result is the slowest step; on other devices a select keeps the host
+    out of the loop."""
+    n_kv = idx.shape[0]
+    nb, _, bs, d = blocks.shape
+    if idx.numel() == 0:
+        return blocks.new_zeros((0, bs, d))
+    ok = (idx >= 0).reshape(-1)
+    heads = torch.arange(n_kv, device=idx.device)[:, None]
+    rows = (idx.clamp(min=0) * n_kv + heads).reshape(-1)
+    if blocks.is_contiguous():
+        out = blocks.view(nb * n_kv, bs, d).index_select(0, rows)
+    else:
+        out = blocks[idx.clamp(min=0), heads].reshape(-1, bs, d)
+    if out.device.type != "cpu":
+        return torch.where(ok[:, None, None], out, 0)
+    if not bool(ok.all()):
+        out.index_fill_(0, (~ok).nonzero().squeeze(1), 0)
+    return out
 
 
 def memory_attention_ref(

@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from infllm_kernels.reference import attention_mass_ref, block_scores_ref, memory_attention_ref, topk_blocks_ref
+from infllm_kernels.reference import (attention_mass_ref, block_scores_ref, gather_memory, memory_attention_ref,
+                                     topk_blocks_ref)
 
 from .conftest import DEVICES
 
@@ -108,3 +109,33 @@ def test_block_scores_best_representative_summed_over_heads():
     summed = sum(float(q2.mean(1)[h].double() @ reps[:, h // 2, r].double().T[:, b]) for h in range(6) for r in range(2)
                  for b in [0])
     assert abs(float(paper[0]) - summed) < 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_gather_memory_reads_each_heads_blocks_and_zeroes_empty_slots(device, contiguous):
+    """[initial tokens | blocks of each KV head's own selection], empty slots (-1) as zeros and invalid,
+    the same from a contiguous store and from a strided view of one."""
+    g = torch.Generator().manual_seed(3)
+    n_kv, nb, bs, d = 3, 7, 4, 5
+    kb = torch.randn(nb, n_kv, bs, d, generator=g).to(device)
+    vb = torch.randn(nb, n_kv, bs, d, generator=g).to(device)
+    if not contiguous:  # every other block of a store twice as large
+        kb = torch.stack([kb, kb.flip(0)], dim=1).reshape(2 * nb, n_kv, bs, d)[::2]
+        vb = torch.stack([vb, vb.flip(0)], dim=1).reshape(2 * nb, n_kv, bs, d)[::2]
+    k_init, v_init = torch.randn(n_kv, 2, d, generator=g).to(device), torch.randn(n_kv, 2, d, generator=g).to(device)
+    idx = torch.tensor([[6, -1, 0], [2, 3, 4], [-1, -1, 5]], device=device)
+    k_mem, v_mem, valid = gather_memory(k_init, v_init, kb, vb, idx)
+    assert k_mem.shape == (n_kv, 2 + 3 * bs, d) and valid.shape == (n_kv, 2 + 3 * bs)
+    for h in range(n_kv):
+        assert torch.equal(k_mem[h, :2], k_init[h]) and torch.equal(v_mem[h, :2], v_init[h])
+        for slot, b in enumerate(idx[h].tolist()):
+            part = slice(2 + slot * bs, 2 + (slot + 1) * bs)
+            want_k = kb[b, h] if b >= 0 else torch.zeros(bs, d, device=device)
+            want_v = vb[b, h] if b >= 0 else torch.zeros(bs, d, device=device)
+            assert torch.equal(k_mem[h, part], want_k) and torch.equal(v_mem[h, part], want_v)
+            assert bool(valid[h, part].all()) == (b >= 0)
+    shared = gather_memory(k_init, v_init, kb, vb, torch.tensor([1, 4], device=device))  # one selection for all heads
+    assert torch.equal(shared[0][1, 2 : 2 + bs], kb[1, 1])
+    empty = gather_memory(k_init, v_init, kb, vb, torch.zeros((n_kv, 0), dtype=torch.long, device=device))
+    assert empty[0].shape == (n_kv, 2, d) and bool(empty[2].all())
