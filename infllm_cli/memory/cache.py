@@ -28,8 +28,8 @@ from infllm_kernels.backend import Backend
 from ..config import MemoryConfig
 from .layer_memory import LayerMemory
 from .ledger import AttentionLedger
-from .selection import pooled_question_blocks
 from .rope import RotaryTable
+from .selection import pooled_question_blocks
 
 ATTENTION_NAME = "infllm"
 
