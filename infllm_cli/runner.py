@@ -208,8 +208,8 @@ class Runner:
         With the context memory, the prompt starts a query chunk of its own, and when ``question_topk`` or
         ``question_shared`` is above 0 it is read twice: first to rank the memory blocks by its queries (the
         state is then restored), then again with the best blocks pinned, so that the prompt's tokens and
-        every answer token read them beside their own retrieval. ``pinned_blocks`` pins those blocks instead of ranking (an oracle).
-        The pins last until the next :meth:`restore` / :meth:`reset`.
+        every answer token read them beside their own retrieval. ``pinned_blocks`` pins those blocks instead
+        of ranking (an oracle). The pins last until the next :meth:`restore` / :meth:`reset`.
         """
         cache = self.cache
         if isinstance(cache, ContextMemory) and prompt_tokens:

@@ -67,13 +67,13 @@ def gather_memory(
     ok = idx >= 0
     valid = torch.cat([torch.ones(n_kv, n_i, dtype=torch.bool, device=k_init.device),
                        ok.to(k_init.device).repeat_interleave(bs, dim=1)], dim=1)
-    kb, vb = _gather_blocks(k_blocks, idx), _gather_blocks(v_blocks, idx)
+    kb, vb = _gather_blocks(k_blocks, idx, ok), _gather_blocks(v_blocks, idx, ok)
     return (torch.cat([k_init, kb.view(n_kv, -1, d).to(k_init.device)], dim=1),
             torch.cat([v_init, vb.view(n_kv, -1, d).to(v_init.device)], dim=1), valid)
 
 
-def _gather_blocks(blocks: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Blocks ``idx`` [Hkv, K] (-1: empty) of ``blocks`` [NB, Hkv, bs, D], each row from its own KV head:
+def _gather_blocks(blocks: torch.Tensor, idx: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """Blocks ``idx`` [Hkv, K] (``ok`` False: empty) of ``blocks`` [NB, Hkv, bs, D], each row from its own KV head:
     [Hkv * K, bs, D], zeros in empty slots.
 
     One ``index_select`` over the store seen as [NB * Hkv, bs, D] rows (advanced indexing costs several
@@ -84,7 +84,7 @@ def _gather_blocks(blocks: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     nb, _, bs, d = blocks.shape
     if idx.numel() == 0:
         return blocks.new_zeros((0, bs, d))
-    ok = (idx >= 0).reshape(-1)
+    ok = ok.reshape(-1)
     heads = torch.arange(n_kv, device=idx.device)[:, None]
     rows = (idx.clamp(min=0) * n_kv + heads).reshape(-1)
     if blocks.is_contiguous():

@@ -179,7 +179,6 @@ def test_question_blocks_are_widened_by_their_neighbours():
     assert sorted(b for b in rows[0] if b >= 0) == [3, 4, 5, 6]
     assert sorted(b for b in rows[1] if b >= 0) == [0, 1, 8, 9]
     assert all(len(r) == 6 for r in rows)  # 2 picks x 3, repeats and out-of-range slots as -1
-    assert sel.config.replace(question_neighbors=0).question_neighbors == 0
     plain = BlockSelector(sel.config.replace(question_neighbors=0), TORCH, 2)
     assert plain.question_blocks(mass).tolist() == [[4, 5], [0, 9]]
 

@@ -9,8 +9,9 @@ For a chunk of memory queries ``q_mem`` [H, L, D] and a store of ``n`` blocks, t
    all its keys (``"bounds"``: ``relu(q) . kmax + min(q, 0) . kmin``, the largest score any key of the
    block can reach, computed as one dot product of ``[relu(q) | min(q, 0)]`` with ``[kmax | kmin]``); one
    ranking summed over all heads (the paper) or one per KV head (``per_kv_head``); keep the ``topk`` best;
-2. pin: add the blocks pinned for the current answer (question-aware retrieval with its
-   ``question_neighbors``, or an oracle);
+2. pin: add the blocks pinned for the current answer (question-aware retrieval: each KV head's own
+   ``question_topk`` and the ``question_shared`` pooled over all layers, with their ``question_neighbors``;
+   or an oracle);
 3. widen: add the ``neighbors`` blocks on each side of every block so far (facts cut by a block boundary);
 4. deduplicate: a block read twice would count twice in the softmax; repeats become empty slots (-1).
 
@@ -99,15 +100,10 @@ class BlockSelector:
         """The ``question_topk`` blocks per KV head with the most question mass [Hkv, n] (see
         :meth:`question_mass`) and the ``shared`` blocks [S] (read by every head), widened by
         ``question_neighbors`` blocks on each side: [Hkv, P] with -1 in empty slots (repeats)."""
-        best = self.best_question_blocks(mass, self.config.question_topk)
+        best = torch.topk(mass, min(self.config.question_topk, mass.shape[1]), dim=1).indices
         if shared is not None and shared.numel():
             best = torch.cat([best, shared.to(best.device)[None].expand(best.shape[0], -1)], dim=1)
         return widen_and_dedupe(best, self.config.question_neighbors, mass.shape[1])
-
-    @staticmethod
-    def best_question_blocks(mass: torch.Tensor, k: int) -> torch.Tensor:
-        """[Hkv, min(k, n)] the ``k`` blocks with the most question mass [Hkv, n], per KV head."""
-        return torch.topk(mass, min(k, mass.shape[1]), dim=1).indices
 
     def question_mass(self, q_mem: torch.Tensor, store: BlockStore, scale: float) -> torch.Tensor:
         """[Hkv, n] how much of the question's attention each block would draw: for every question token and
