@@ -1,8 +1,8 @@
 """Gathering the retrieved blocks (torch backend): ``gather_memory`` against the plain advanced-indexing form.
 
 Every query chunk (and every decoded token) copies its selected blocks out of the block store into
-contiguous memory keys/values. ``infllm_kernels.reference.gather_memory`` does it with one
-``index_select`` per tensor and zeroes empty slots only when there are any; the baseline here is the form
+contiguous memory keys/values. ``infllm_kernels.reference.gather_blocks`` (behind ``gather_memory``,
+and called by the attention itself) does it with one ``index_select`` per tensor and zeroes empty slots only when there are any; the baseline here is the form
 it replaced: ``store[idx, heads]`` then a broadcast ``masked_fill`` of the empty slots. Both run in this
 process on the same inputs, alternating, and must return equal tensors.
 
@@ -34,18 +34,26 @@ import torch  # noqa: E402
 import infllm_kernels.reference as reference  # noqa: E402
 
 FAST = reference.gather_memory
+FAST_BLOCKS = reference.gather_blocks
 
 
-def baseline_gather(k_init, v_init, k_blocks, v_blocks, block_idx):
-    """Advanced indexing and a broadcast masked_fill: what ``gather_memory`` did before."""
-    n_kv, n_i, d = k_init.shape
-    bs = k_blocks.shape[2]
+def baseline_blocks(k_blocks, v_blocks, block_idx, n_kv, device):
+    """Advanced indexing and a broadcast masked_fill: what ``gather_blocks`` does with one ``index_select``."""
+    d = k_blocks.shape[3]
     idx = reference.per_head_index(block_idx, n_kv).to(k_blocks.device)
     ok = idx >= 0
     heads = torch.arange(n_kv, device=k_blocks.device)[:, None]
     kb = k_blocks[idx.clamp(min=0), heads].masked_fill(~ok[..., None, None], 0).reshape(n_kv, -1, d)
     vb = v_blocks[idx.clamp(min=0), heads].masked_fill(~ok[..., None, None], 0).reshape(n_kv, -1, d)
-    valid = torch.cat([torch.ones(n_kv, n_i, dtype=torch.bool, device=k_init.device), ok.repeat_interleave(bs, dim=1)], dim=1)
+    return kb.to(device), vb.to(device), ok.to(device)
+
+
+def baseline_gather(k_init, v_init, k_blocks, v_blocks, block_idx):
+    """:func:`baseline_blocks` behind the initial tokens, as ``gather_memory`` lays them out."""
+    n_kv, n_i, _ = k_init.shape
+    kb, vb, ok = baseline_blocks(k_blocks, v_blocks, block_idx, n_kv, k_init.device)
+    valid = torch.cat([torch.ones(n_kv, n_i, dtype=torch.bool, device=k_init.device),
+                       ok.repeat_interleave(k_blocks.shape[2], dim=1)], dim=1)
     return torch.cat([k_init, kb], dim=1), torch.cat([v_init, vb], dim=1), valid
 
 
@@ -96,15 +104,15 @@ def decode_table(tokens: int, decode: int, repeats: int) -> list[str]:
         snap = runner.snapshot()
         runs: dict[str, list[float]] = {"baseline": [], "gather_memory": []}
         for _ in range(repeats):
-            for name, fn in (("baseline", baseline_gather), ("gather_memory", FAST)):
-                reference.gather_memory = fn
+            for name, fn in (("baseline", baseline_blocks), ("gather_memory", FAST_BLOCKS)):
+                reference.gather_blocks = fn
                 runner.restore(snap)
                 token = int(runner.last_logits.argmax())
                 t0 = time.perf_counter()
                 for _ in range(decode):
                     token = int(runner.decode_one_token(token).argmax())
                 runs[name].append(1000 * (time.perf_counter() - t0) / decode)
-        reference.gather_memory = FAST
+        reference.gather_blocks = FAST_BLOCKS
     base, fast = statistics.median(runs["baseline"]), statistics.median(runs["gather_memory"])
     return [f"random Llama (hidden 256, 4 layers, 8 heads / 4 KV heads), preset {preset}, {tokens:,} tokens read "
             f"({runner.blocks:,} blocks), {decode} tokens decoded x {repeats}",

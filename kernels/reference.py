@@ -62,14 +62,25 @@ def gather_memory(
     valid : [Hkv, Ni + K*bs] bool, False on the tokens of empty slots
     """
     n_kv, n_i, d = k_init.shape
-    bs = k_blocks.shape[2]
+    kb, vb, ok = gather_blocks(k_blocks, v_blocks, block_idx, n_kv, k_init.device)
+    valid = torch.cat([torch.ones(n_kv, n_i, dtype=torch.bool, device=k_init.device),
+                       ok.to(k_init.device).repeat_interleave(k_blocks.shape[2], dim=1)], dim=1)
+    return torch.cat([k_init, kb], dim=1), torch.cat([v_init, vb], dim=1), valid
+
+
+def gather_blocks(
+    k_blocks: torch.Tensor, v_blocks: torch.Tensor, block_idx: torch.Tensor, n_kv: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The retrieved blocks alone (no initial tokens), as :func:`gather_memory` lays them out.
+
+    Returns ``k``, ``v`` [Hkv, K*bs, D] on ``device`` (empty slots hold zeros) and ``ok`` [Hkv, K] bool,
+    False on empty slots.
+    """
+    d = k_blocks.shape[3]
     idx = per_head_index(block_idx, n_kv).to(k_blocks.device)  # [Hkv, K]
     ok = idx >= 0
-    valid = torch.cat([torch.ones(n_kv, n_i, dtype=torch.bool, device=k_init.device),
-                       ok.to(k_init.device).repeat_interleave(bs, dim=1)], dim=1)
     kb, vb = _gather_blocks(k_blocks, idx, ok), _gather_blocks(v_blocks, idx, ok)
-    return (torch.cat([k_init, kb.view(n_kv, -1, d).to(k_init.device)], dim=1),
-            torch.cat([v_init, vb.view(n_kv, -1, d).to(v_init.device)], dim=1), valid)
+    return kb.view(n_kv, -1, d).to(device), vb.view(n_kv, -1, d).to(device), ok.to(device)
 
 
 def _gather_blocks(blocks: torch.Tensor, idx: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
@@ -149,7 +160,7 @@ def memory_attention_and_mass_ref(
 
     Returns ``out`` [H, L, D], ``lse`` [H, L] and ``mass`` [Nl] (``None`` unless ``with_mass``).
     """
-    out, lse, p_loc, _ = _attention_probs(
+    out, lse, p_loc, _, _ = _attention_probs(
         q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks, block_idx, scale
     )
     mass = p_loc.sum(dim=(0, 1)) if with_mass else None
@@ -178,13 +189,12 @@ def memory_attention_cite_ref(
     """
     h, l, _ = q_local.shape
     n_kv = k_local.shape[0]
-    n_i = k_init.shape[1]
     bs = k_blocks.shape[2]
-    out, lse, p_loc, p_mem = _attention_probs(
+    out, lse, p_loc, _, p_blk = _attention_probs(
         q_local, q_mem, k_local, v_local, k_init, v_init, k_blocks, v_blocks, block_idx, scale
     )
-    n_sel = (p_mem.shape[-1] - n_i) // bs if bs else 0
-    blocks = p_mem[..., n_i:].reshape(n_kv, p_mem.shape[1], n_sel, bs).sum(dim=-1)  # [Hkv, G*L, K]
+    n_sel = p_blk.shape[-1] // bs
+    blocks = p_blk.reshape(n_kv, p_blk.shape[1], n_sel, bs).sum(dim=-1)  # [Hkv, G*L, K]
     return out, lse, p_loc.sum(dim=(0, 1)), blocks.reshape(h, l, n_sel)
 
 
@@ -199,30 +209,45 @@ def _attention_probs(
     v_blocks: torch.Tensor,
     block_idx: torch.Tensor,
     scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """out [H, L, D], lse [H, L], and the probabilities p_loc [Hkv, G*L, Nl], p_mem [Hkv, G*L, Ni + K*bs]."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """out [H, L, D], lse [H, L], and the probabilities p_loc [Hkv, G*L, Nl], p_init [Hkv, G*L, Ni] and
+    p_blk [Hkv, G*L, K*bs].
+
+    The three key segments are scored separately and share one softmax: the initial tokens are never
+    copied next to the gathered blocks (that copy was a fifth of a decode step's memory-path time)."""
     h, l, d = q_local.shape
     n_kv, n_l, _ = k_local.shape
     g = h // n_kv
-    k_mem, v_mem, valid = gather_memory(k_init, v_init, k_blocks, v_blocks, block_idx)
+    kb, vb, ok = gather_blocks(k_blocks, v_blocks, block_idx, n_kv, k_init.device)
     s_loc = torch.bmm(_grouped(q_local, n_kv), k_local.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, Nl]
     s_loc = s_loc.view(n_kv, g, l, n_l)
     # keys before the last L are visible to every query: only the bottom-right L x L corner is masked
     tail = s_loc[..., n_l - l :]
     tail.masked_fill_(~local_causal_mask(l, l, q_local.device), float("-inf"))
-    s_mem = torch.bmm(_grouped(q_mem, n_kv), k_mem.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, Nm]
-    s_mem = s_mem.view(n_kv, g, l, -1).masked_fill_(~valid[:, None, None, :], float("-inf"))
-    m = s_loc.amax(dim=-1)  # finite: every query sees at least itself
-    if s_mem.shape[-1]:
-        m = torch.maximum(m, s_mem.amax(dim=-1))
+    qm = _grouped(q_mem, n_kv)
+    s_init = torch.bmm(qm, k_init.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, Ni]
+    s_blk = torch.bmm(qm, kb.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, K*bs]
+    n_sel = ok.shape[1]
+    if n_sel and (s_blk.device.type != "cpu" or not bool(ok.all())):  # on the CPU the check is free
+        s_blk.view(n_kv, g * l, n_sel, -1).masked_fill_(~ok[:, None, :, None], float("-inf"))
+    m = s_loc.amax(dim=-1)  # [Hkv, G, L], finite: every query sees at least itself
+    for s in (s_init, s_blk):
+        if s.shape[-1]:
+            m = torch.maximum(m, s.view(n_kv, g, l, -1).amax(dim=-1))
     e_loc = s_loc.sub_(m[..., None]).exp_()
-    e_mem = s_mem.sub_(m[..., None]).exp_()
-    z = e_loc.sum(dim=-1) + e_mem.sum(dim=-1)  # [Hkv, G, L]
-    lse = m + torch.log(z)
-    p_loc = e_loc.div_(z[..., None]).view(n_kv, g * l, n_l)
-    p_mem = e_mem.div_(z[..., None]).view(n_kv, g * l, -1)
-    out = torch.bmm(p_loc, v_local.float()).add_(torch.bmm(p_mem, v_mem.float()))
-    return out.view(h, l, d).to(q_local.dtype), lse.reshape(h, l), p_loc, p_mem
+    m = m.view(n_kv, g * l, 1)
+    e_init, e_blk = s_init.sub_(m).exp_(), s_blk.sub_(m).exp_()
+    z = e_loc.sum(dim=-1).view(n_kv, g * l) + e_init.sum(dim=-1) + e_blk.sum(dim=-1)  # [Hkv, G*L]
+    lse = m.view(n_kv, g * l) + torch.log(z)
+    z = z[..., None]
+    p_loc = e_loc.view(n_kv, g * l, n_l).div_(z)
+    p_init, p_blk = e_init.div_(z), e_blk.div_(z)
+    out = torch.bmm(p_loc, v_local.float())
+    if p_init.shape[-1]:
+        out.add_(torch.bmm(p_init, v_init.float()))
+    if p_blk.shape[-1]:
+        out.add_(torch.bmm(p_blk, vb.float()))
+    return out.view(h, l, d).to(q_local.dtype), lse.reshape(h, l), p_loc, p_init, p_blk
 
 
 def attention_mass_ref(q_local: torch.Tensor, k_local: torch.Tensor, lse: torch.Tensor, scale: float) -> torch.Tensor:
@@ -269,7 +294,7 @@ def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, pe
     n_kv = repr_keys.shape[1]
     reps = repr_keys[:n_blocks].float()  # [n, Hkv, R, D]
     qg = q.float().to(reps.device).view(n_kv, h // n_kv, lq, d)
-    if reps.shape[2] == 1 and lq == 1 and n_kv <= 8:  # the block-diagonal product wastes a factor Hkv
+    if reps.shape[2] == 1:  # one row per block (repr_sum, bounds): one pass over the store
         s = _one_key_scores(qg, reps)
         return s if per_kv_head else s.sum(dim=0, keepdim=True)
     h_g = h // n_kv
@@ -289,21 +314,18 @@ def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, pe
 
 
 def _one_key_scores(qg: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
-    """:func:`block_scores_ref` for one representative row per block (``repr_sum``, ``bounds``) and one query
-    row (a chunk's mean query, decoding) with at most 8 KV heads: ``[Hkv, n]``.
+    """:func:`block_scores_ref` for one representative row per block (``repr_sum``, ``bounds``): ``[Hkv, n]``.
 
-    With one key per block the group's score is the score of the group's summed query, and the store is
-    read once, in its own layout, by one matrix product with a block-diagonal query matrix (a strided
-    per-head product would copy the whole store first). The cost is then one pass over the representatives:
-    the part of a chunk's cost that grows with the document.
+    With one key per block the group's score is the score of the group's summed query, and each KV head's
+    rows are read in place (a strided matrix-vector product per head: the store is never copied and read
+    once in all). The cost is then one pass over the representatives: the part of a chunk's cost that grows
+    with the document.
     """
     n_kv, _, lq, d = qg.shape
-    n = reps.shape[0]
     qs = qg.sum(dim=1)  # [Hkv, Lq, D]
-    eye = torch.eye(n_kv, dtype=qs.dtype, device=qs.device)
-    blockdiag = (qs.transpose(1, 2)[:, :, None, :] * eye[:, None, :, None]).reshape(n_kv * d, n_kv * lq)
-    s = reps.reshape(n, n_kv * d) @ blockdiag  # [n, Hkv * Lq]
-    return s.view(n, n_kv, lq).amax(dim=2).t()
+    if lq == 1:
+        return torch.stack([torch.mv(reps[:, h, 0], qs[h, 0]) for h in range(n_kv)])
+    return torch.stack([torch.mm(reps[:, h, 0], qs[h].t()).amax(dim=1) for h in range(n_kv)])
 
 
 def topk_blocks_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, k: int, per_kv_head: bool = False) -> torch.Tensor:
