@@ -41,7 +41,9 @@ _swept = False
 
 class BlockStore:
     """Growable ``[capacity, Hkv, block_size, D]`` key/value blocks plus ``[capacity, Hkv, R, D]`` representatives
-    and their ``[capacity, Hkv, 1, D]`` sums, and ``[capacity, Hkv, 1, 2D]`` per-channel key bounds.
+    and their ``[capacity, Hkv, 1, D]`` sums, and ``[capacity, Hkv, 1, 2D]`` per-channel key bounds (a view
+    of a head-major ``[Hkv, capacity, 2D]`` buffer: each KV head's bounds are one contiguous run, which block
+    scoring reads in one pass per head).
 
     Parameters
     ----------
@@ -85,7 +87,7 @@ class BlockStore:
         self.values = torch.empty_like(self.keys)
         self.repr_keys = torch.empty((0, n_kv_heads, repr_topk, head_dim), dtype=dtype, device=device)
         self.repr_sum = torch.empty((0, n_kv_heads, 1, head_dim), dtype=dtype, device=device)
-        self.bounds = torch.empty((0, n_kv_heads, 1, 2 * head_dim), dtype=dtype, device=device)
+        self._bounds = torch.empty((n_kv_heads, 0, 2 * head_dim), dtype=dtype, device=device)
         self._disk: DiskBlocks | None = None
         if disk:
             global _swept
@@ -98,6 +100,15 @@ class BlockStore:
             self._slots_k = torch.empty((max_cached_block, *self._shape), dtype=dtype, device=device)
             self._slots_v = torch.empty_like(self._slots_k)
             self._slot_of: OrderedDict[int, int] = OrderedDict()  # block -> slot, least recent first
+
+    @property
+    def bounds(self) -> torch.Tensor:
+        """[capacity, Hkv, 1, 2D] per-channel key bounds ``[max | min]``: a view of the head-major buffer."""
+        return self._bounds.transpose(0, 1).unsqueeze(2)
+
+    @bounds.setter
+    def bounds(self, value: torch.Tensor) -> None:
+        self._bounds = value.squeeze(2).transpose(0, 1).contiguous()
 
     @property
     def capacity(self) -> int:
@@ -122,6 +133,11 @@ class BlockStore:
             if want <= have or (names[0] == "keys" and self._disk is not None):
                 continue
             for name in names:
+                if name == "bounds":  # head-major
+                    old = self._bounds
+                    self._bounds = torch.empty((old.shape[0], want, old.shape[2]), dtype=old.dtype, device=old.device)
+                    self._bounds[:, :used] = old[:, :used]
+                    continue
                 old = getattr(self, name)
                 new = torch.empty((want, *old.shape[1:]), dtype=old.dtype, device=old.device,
                                   pin_memory=old.is_pinned())
