@@ -10,9 +10,11 @@ current code and with the baseline, alternating, the memory restored before ever
 
 The baseline is the memory path as it was before two changes: the attention concatenated ``[initial tokens |
 retrieved blocks]`` into one tensor (``gather_memory``) for every query chunk and layer before scoring it in
-one product (now the initial tokens are a softmax segment of their own), and block scoring read the whole
-store as one [n, Hkv * D] matrix against a block-diagonal query matrix (now one strided matrix-vector
-product per KV head). Both must give the same logits (checked).
+one product (now the initial tokens are a softmax segment of their own), and block scoring read the
+block-major bounds ([n, Hkv, 1, 2D], as they were stored) as one [n, Hkv * 2D] matrix against a
+block-diagonal query matrix (now the bounds are stored head-major and scored with one matrix-vector product
+per KV head). For the baseline's runs the bounds are copied into the old layout first. Both must give the
+same logits (checked).
 
     python benchmarks/bench_decode.py                           # CPU, 2 threads
     python benchmarks/bench_decode.py --blocks 256 2048 8159 --threads 1
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import infllm_kernels.reference as reference  # noqa: E402
+from infllm_cli.memory.block_store import BlockStore  # noqa: E402
 
 CURRENT = {"_attention_probs": reference._attention_probs, "_one_key_scores": reference._one_key_scores}
 
@@ -76,11 +79,24 @@ def blockdiag_scores(qg, reps):
 
 
 VARIANTS = {"baseline": {"_attention_probs": concat_probs, "_one_key_scores": blockdiag_scores}, "current": CURRENT}
+HEAD_MAJOR = BlockStore.bounds
 
 
-def use(variant: dict) -> None:
+def block_major(runner) -> None:
+    """The baseline's store layout: bounds in one block-major [capacity, Hkv, 1, 2D] tensor (a copy of the
+    stored ones; blocks appended while decoding go there and are dropped by the next restore)."""
+    for memory in runner.cache.memories:
+        store = memory.store
+        store._block_major = store._bounds.transpose(0, 1).unsqueeze(2).contiguous()
+    BlockStore.bounds = property(lambda store: store._block_major)
+
+
+def use(variant: dict, runner) -> None:
     for name, fn in variant.items():
         setattr(reference, name, fn)
+    BlockStore.bounds = HEAD_MAJOR
+    if variant is not CURRENT:
+        block_major(runner)
 
 
 def pad_store(runner, n_blocks: int, seed: int) -> None:
@@ -142,15 +158,17 @@ def main() -> None:
         for n_blocks in sorted(a.blocks):
             if n_blocks > runner.blocks:
                 pad_store(runner, n_blocks, seed=n_blocks)
+            for memory in runner.cache.memories:  # room for the blocks decoding evicts: no resize mid-run
+                memory.store.reserve(memory.store.n_blocks + 1 + a.decode // memory.config.block_size)
             snap, stored = runner.snapshot(), runner.blocks
             runs: dict[str, list[float]] = {n: [] for n in names}
             outs: dict[str, torch.Tensor] = {}
             for _ in range(a.repeats):
                 for name in names:
-                    use(VARIANTS[name])
+                    use(VARIANTS[name], runner)
                     ms, outs[name] = decode_ms(runner, snap, a.decode)
                     runs[name].append(ms)
-            use(CURRENT)
+            use(CURRENT, runner)
             diff = (outs[names[0]] - outs[names[1]]).abs().max().item()
             assert diff < 1e-3, f"the variants' logits differ by {diff}"
             med = [statistics.median(runs[n]) for n in names]

@@ -214,7 +214,7 @@ def _attention_probs(
     p_blk [Hkv, G*L, K*bs].
 
     The three key segments are scored separately and share one softmax: the initial tokens are never
-    copied next to the gathered blocks (that copy was a fifth of a decode step's memory-path time)."""
+    copied next to the gathered blocks (a copy of every retrieved key and value per chunk and layer)."""
     h, l, d = q_local.shape
     n_kv, n_l, _ = k_local.shape
     g = h // n_kv
@@ -317,9 +317,10 @@ def _one_key_scores(qg: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
     """:func:`block_scores_ref` for one representative row per block (``repr_sum``, ``bounds``): ``[Hkv, n]``.
 
     With one key per block the group's score is the score of the group's summed query, and each KV head's
-    rows are read in place (a strided matrix-vector product per head: the store is never copied and read
-    once in all). The cost is then one pass over the representatives: the part of a chunk's cost that grows
-    with the document.
+    rows are read in place by one matrix-vector product (contiguous for the head-major bounds of
+    :class:`~infllm_cli.memory.block_store.BlockStore`, strided for ``repr_sum``): the store is never copied
+    and is read once in all. The cost is then one pass over the representatives: the part of a chunk's cost
+    that grows with the document.
     """
     n_kv, _, lq, d = qg.shape
     qs = qg.sum(dim=1)  # [Hkv, Lq, D]
