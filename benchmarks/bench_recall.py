@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from infllm_cli.config import SELECTIONS, preset, with_selection  # noqa: E402
+from infllm_cli.config import MEMORY_LIMITS, SELECTIONS, preset, with_selection  # noqa: E402
 from infllm_cli.models import load_model  # noqa: E402
 from infllm_cli.recall import parse_length  # noqa: E402
 from infllm_cli.recall_eval import Variant, run_recall, summarize  # noqa: E402
@@ -50,7 +50,8 @@ KNOBS = {
 def variants(base, names: list[str]) -> list[Variant]:
     """``paper``, ``paper+KNOB`` (one improvement on the paper's rule), ``default``, ``default-KNOB`` (one
     knob of the default back to the paper's value), ``default+neighbors``, ``paper-3xtopk`` (control: more
-    blocks), ``streaming``, ``dense``, and ``+oracle`` after any infllm variant."""
+    blocks), ``streaming``, ``dense``, ``default[KNOB=VALUE,...]`` / ``paper[...]`` (any selection knobs set to
+    integers, e.g. ``default[question_topk=4,question_shared=2]``), and ``+oracle`` after any infllm variant."""
     paper = with_selection(base, "paper")
     default = with_selection(base, "default")
     out = []
@@ -66,6 +67,8 @@ def variants(base, names: list[str]) -> list[Variant]:
             config = default
         elif stem == "paper-3xtopk":
             config = paper.replace(topk=3 * base.topk)
+        elif stem.endswith("]") and stem.split("[")[0] in ("paper", "default"):
+            config = (paper if stem.startswith("paper") else default).replace(**knob_values(stem[stem.index("[") + 1 : -1]))
         elif stem.startswith("paper+") and stem[6:] in KNOBS:
             field, _, better = KNOBS[stem[6:]]
             config = paper.replace(**{field: better})
@@ -78,6 +81,17 @@ def variants(base, names: list[str]) -> list[Variant]:
         else:
             sys.exit(f"unknown variant {name!r}; see variants() in {__file__}")
         out.append(Variant(name, "infllm", config, oracle=oracle))
+    return out
+
+
+def knob_values(spec: str) -> dict[str, int]:
+    """``"question_topk=4,question_shared=2"`` -> ``{"question_topk": 4, "question_shared": 2}`` (integer knobs)."""
+    out = {}
+    for item in filter(None, spec.split(",")):
+        name, _, value = item.partition("=")
+        if name not in MEMORY_LIMITS or not value.lstrip("-").isdigit():
+            sys.exit(f"bad knob setting {item!r}: expected NAME=INTEGER with NAME one of {', '.join(MEMORY_LIMITS)}")
+        out[name] = int(value)
     return out
 
 

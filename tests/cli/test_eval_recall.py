@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from infllm_cli.cli.eval_cmd import eval_app
+from infllm_cli.config import SELECTIONS
 
 KNOBS = ["--n-init", "4", "--n-local", "64", "--block-size", "16", "--topk", "2", "--repr-topk", "2",
          "--exc-block-size", "16", "--chunk-size", "128", "--device", "cpu", "--backend", "torch"]
@@ -18,7 +19,7 @@ def test_recall_json_has_a_row_per_task_length_depth_variant(tiny_llama_dir):
                                            "--trials", "2", "--oracle", "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["memory"]["n_local"] == 64 and data["memory"]["question_topk"] == 4
+    assert data["memory"]["n_local"] == 64 and data["memory"]["question_topk"] == SELECTIONS["default"]["question_topk"] == 2
     rows = data["rows"]
     assert len(rows) == 2 * 2 * 2  # tasks x depths x (selection, oracle)
     assert {r["variant"] for r in rows} == {"infllm-default", "infllm-default+oracle"}
