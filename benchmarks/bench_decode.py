@@ -135,20 +135,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    from bench_prefill import build_model
-
-    from infllm_cli.cli.options import Options
-    from infllm_cli.models import load_model, read_model_config
-    from infllm_cli.runner import Runner
+    from bench_prefill import read_random_document
 
     with tempfile.TemporaryDirectory() as tmp:
-        build_model(tmp, 256, 4, 8, 4)
-        config = read_model_config(tmp)
-        memory, preset = Options(preset="paper").memory_config(config)
-        loaded = load_model(tmp, device="cpu", dtype="float32")
-        runner = Runner(loaded, memory, attention="infllm", backend="torch")
-        ids = torch.randint(3, int(config.vocab_size), (a.tokens,), generator=torch.Generator().manual_seed(0)).tolist()
-        runner.feed(ids)
+        runner, preset = read_random_document(tmp, a.tokens)
         print(f"torch {torch.__version__}, {a.threads} thread(s); random Llama (hidden 256, 4 layers, 8 heads / 4 KV "
               f"heads), preset {preset}, {a.tokens:,} tokens read ({runner.blocks:,} blocks per layer), "
               f"{a.decode} tokens decoded x {a.repeats} per cell, medians\n")

@@ -86,21 +86,10 @@ def gather_table(repeats: int) -> list[str]:
 
 
 def decode_table(tokens: int, decode: int, repeats: int) -> list[str]:
-    from bench_prefill import build_model
-
-    from infllm_cli.cli.options import Options
-    from infllm_cli.models import load_model, read_model_config
-    from infllm_cli.runner import Runner
+    from bench_prefill import read_random_document
 
     with tempfile.TemporaryDirectory() as tmp:
-        build_model(tmp, 256, 4, 8, 4)
-        config = read_model_config(tmp)
-        memory, preset = Options(preset="paper").memory_config(config)
-        loaded = load_model(tmp, device="cpu", dtype="float32")
-        runner = Runner(loaded, memory, attention="infllm", backend="torch")
-        runner.reserve(tokens + decode + 1)
-        ids = torch.randint(3, int(config.vocab_size), (tokens,), generator=torch.Generator().manual_seed(0)).tolist()
-        runner.feed(ids)
+        runner, preset = read_random_document(tmp, tokens, reserve=tokens + decode + 1)
         snap = runner.snapshot()
         runs: dict[str, list[float]] = {"baseline": [], "gather_memory": []}
         for _ in range(repeats):

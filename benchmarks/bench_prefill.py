@@ -42,6 +42,25 @@ def build_model(path: str, hidden: int, layers: int, heads: int, kv_heads: int) 
     tok.save_pretrained(path)
 
 
+def read_random_document(path: str, tokens: int, reserve: int = 0):
+    """Build the decode benchmarks' random Llama (hidden 256, 4 layers, 8 heads / 4 KV heads) in ``path`` and
+    read ``tokens`` random tokens with preset ``paper`` on the torch backend: (runner, preset name)."""
+    import torch
+
+    from infllm_cli.cli.options import Options
+    from infllm_cli.models import load_model, read_model_config
+    from infllm_cli.runner import Runner
+
+    build_model(path, 256, 4, 8, 4)
+    config = read_model_config(path)
+    memory, preset = Options(preset="paper").memory_config(config)
+    runner = Runner(load_model(path, device="cpu", dtype="float32"), memory, attention="infllm", backend="torch")
+    if reserve:
+        runner.reserve(reserve)
+    runner.feed(torch.randint(3, int(config.vocab_size), (tokens,), generator=torch.Generator().manual_seed(0)).tolist())
+    return runner, preset
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Child process: load, prefill ``args.length`` random tokens, report time and memory."""
     import resource
