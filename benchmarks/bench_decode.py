@@ -16,6 +16,10 @@ block-diagonal query matrix (now the bounds are stored head-major and scored wit
 per KV head). For the baseline's runs the bounds are copied into the old layout first. Both must give the
 same logits (checked).
 
+A last column times decoding after a ``--short`` document (4,096 tokens: inside the window, so no block is
+read), alternating with each row, with today's code: the issue's bar is decode at 1M tokens at most 1.3x
+that.
+
     python benchmarks/bench_decode.py                           # CPU, 2 threads
     python benchmarks/bench_decode.py --blocks 256 2048 8159 --threads 1
 """
@@ -133,36 +137,48 @@ def main() -> None:
     p.add_argument("--decode", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--short", type=int, default=4096,
+                   help="also time decoding after a document this short (inside the window: no block is read), "
+                        "alternating with the rows, for the ratio the issue's bar is stated in (0: skip)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     from bench_prefill import read_random_document
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_short:
         runner, preset = read_random_document(tmp, a.tokens)
+        short = read_random_document(tmp_short, a.short)[0] if a.short else None
+        short_snap = short.snapshot() if short else None
         print(f"torch {torch.__version__}, {a.threads} thread(s); random Llama (hidden 256, 4 layers, 8 heads / 4 KV "
               f"heads), preset {preset}, {a.tokens:,} tokens read ({runner.blocks:,} blocks per layer), "
               f"{a.decode} tokens decoded x {a.repeats} per cell, medians\n")
         names = list(VARIANTS)
-        print("| blocks per layer | " + " | ".join(f"{n} ms/token" for n in names) + " | current / baseline |")
-        print("|---:|" + "---:|" * (len(names) + 1))
+        extra = f" | {a.short:,}-token document ms/token | current / that |" if short else " |"
+        print("| blocks per layer | " + " | ".join(f"{n} ms/token" for n in names) + " | current / baseline" + extra)
+        print("|---:|" + "---:|" * (len(names) + 1 + 2 * bool(short)))
         for n_blocks in sorted(a.blocks):
             if n_blocks > runner.blocks:
                 pad_store(runner, n_blocks, seed=n_blocks)
             for memory in runner.cache.memories:  # room for the blocks decoding evicts: no resize mid-run
                 memory.store.reserve(memory.store.n_blocks + 1 + a.decode // memory.config.block_size)
             snap, stored = runner.snapshot(), runner.blocks
-            runs: dict[str, list[float]] = {n: [] for n in names}
+            runs: dict[str, list[float]] = {n: [] for n in [*names, "short"]}
             outs: dict[str, torch.Tensor] = {}
             for _ in range(a.repeats):
                 for name in names:
                     use(VARIANTS[name], runner)
                     ms, outs[name] = decode_ms(runner, snap, a.decode)
                     runs[name].append(ms)
-            use(CURRENT, runner)
+                use(CURRENT, runner)
+                if short:
+                    runs["short"].append(decode_ms(short, short_snap, a.decode)[0])
             diff = (outs[names[0]] - outs[names[1]]).abs().max().item()
             assert diff < 1e-3, f"the variants' logits differ by {diff}"
             med = [statistics.median(runs[n]) for n in names]
-            print(f"| {stored:,} | " + " | ".join(f"{m:.2f}" for m in med) + f" | {med[1] / med[0]:.2f} |", flush=True)
+            row = f"| {stored:,} | " + " | ".join(f"{m:.2f}" for m in med) + f" | {med[1] / med[0]:.2f} |"
+            if short:
+                ms_short = statistics.median(runs["short"])
+                row += f" {ms_short:.2f} | {med[1] / ms_short:.2f} |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
