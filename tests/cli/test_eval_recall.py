@@ -19,7 +19,7 @@ def test_recall_json_has_a_row_per_task_length_depth_variant(tiny_llama_dir):
                                            "--trials", "2", "--oracle", "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["memory"]["n_local"] == 64 and data["memory"]["question_topk"] == SELECTIONS["default"]["question_topk"] == 2
+    assert data["memory"]["n_local"] == 64 and data["memory"]["question_topk"] == SELECTIONS["default"]["question_topk"] == 4
     rows = data["rows"]
     assert len(rows) == 2 * 2 * 2  # tasks x depths x (selection, oracle)
     assert {r["variant"] for r in rows} == {"infllm-default", "infllm-default+oracle"}
