@@ -134,6 +134,27 @@ def test_block_store_grows_and_truncates():
     assert store.n_blocks == 10
 
 
+def test_bounds_are_head_major_and_survive_growth_and_a_shared_load():
+    """The per-channel key bounds live in a head-major [Hkv, capacity, 2D] buffer (each head's bounds one
+    contiguous run, what block scoring reads), seen as [capacity, Hkv, 1, 2D]; growing the store and loading a
+    saved state keep them equal to the max / min of every block's keys."""
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.randn((37, 3, 8, 4), generator=gen)
+    store = BlockStore(3, 4, 8, 2, first_token=0, device=torch.device("cpu"), dtype=torch.float32)
+    for b in range(37):  # one block at a time: the buffers grow several times
+        store.append(keys[b : b + 1], -keys[b : b + 1], keys[b : b + 1, :, :2])
+    want = torch.cat([keys.amax(dim=2, keepdim=True), keys.amin(dim=2, keepdim=True)], dim=-1)  # [37, 3, 1, 8]
+    assert store.bounds.shape[1:] == (3, 1, 8)
+    assert store.bounds[0, 1].data_ptr() - store.bounds[0, 0].data_ptr() == store.capacity * 8 * 4  # head-major
+    assert torch.equal(store.bounds[:37], want)
+    for share in (False, True):
+        loaded = BlockStore(3, 4, 8, 2, first_token=0, device=torch.device("cpu"), dtype=torch.float32)
+        loaded.load_state_dict(store.state_dict(), share=share)
+        assert torch.equal(loaded.bounds[:37], want)
+        loaded.append(keys[:1], keys[:1], keys[:1, :, :2])  # grows past a loaded (exactly sized) buffer
+        assert torch.equal(loaded.bounds[37], want[0]) and torch.equal(loaded.bounds[:37], want)
+
+
 def test_blocks_of_matches_the_block_spans():
     config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5, chunk_size=5)
     rope = RotaryTable(IdentityRotary(), config.max_window + 1, torch.device("cpu"))

@@ -1,0 +1,41 @@
+"""The A/B benchmark scripts run end to end on tiny settings (their figures are for docs/, not for tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_bench_decode_prints_a_row_per_store_size_and_checks_the_variants_agree(tmp_path: Path) -> None:
+    """The baseline runs on block-major bounds and the concatenated attention, the current code on the
+    head-major store; the script asserts their logits agree, so a broken baseline or layout fails here."""
+    out = subprocess.run([sys.executable, str(BENCH / "bench_decode.py"), "--tokens", "600", "--blocks", "0", "40",
+                          "--decode", "3", "--repeats", "1", "--threads", "1", "--short", "300"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1].strip() for row in rows] == ["0", "40"]
+    assert all(len(row.split("|")) == 8 for row in rows)  # blocks, 2 variants, ratio, short doc, ratio
+
+
+def test_bench_recall_takes_knob_settings_as_variants() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_recall
+    finally:
+        sys.path.remove(str(BENCH))
+    from infllm_cli.config import preset
+
+    got = bench_recall.variants(preset("micro"), ["default[question_topk=1,question_shared=5]+oracle", "paper[topk=2]"])
+    assert got[0].oracle and (got[0].memory.question_topk, got[0].memory.question_shared) == (1, 5)
+    assert got[0].memory.per_kv_head  # the rest of the default selection is kept
+    assert got[1].memory.topk == 2 and not got[1].memory.per_kv_head and not got[1].oracle
+    with pytest.raises(SystemExit, match="bad knob setting"):
+        bench_recall.variants(preset("micro"), ["default[question_topk=x]"])
+    with pytest.raises(SystemExit, match="bad knob setting"):
+        bench_recall.variants(preset("micro"), ["default[no_such_knob=1]"])
