@@ -260,7 +260,24 @@ def test_ctrl_c_while_reading_the_source_is_130_quietly(story: Path) -> None:
     assert "Traceback" not in err.decode() and err.decode().strip().splitlines()[-1] == "interrupted"
 
 
-def test_ctrl_c_in_a_terminal_chat_stops_the_answer_only(tiny_chat_model_dir: Path, story: Path) -> None:
+def _never_stops(model_dir: Path, out: Path) -> Path:
+    """A copy of ``model_dir`` whose output rows for its special tokens (end of sequence, end of turn) are zero:
+    their logits are 0 while the largest of the ~300 random others is above 0, so a greedy answer never ends
+    by itself and has to be interrupted (a random model may otherwise stop after a few tokens)."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    special = set(tok.all_special_ids) | set(tok.convert_tokens_to_ids(["<unk>", "<s>", "</s>", "<|end|>"]))  # tiny_models
+    with torch.no_grad():
+        model.get_output_embeddings().weight[sorted(special)] = 0.0
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_ctrl_c_in_a_terminal_chat_stops_the_answer_only(tiny_chat_model_dir: Path, story: Path, tmp_path: Path) -> None:
     """On a terminal (a pty), SIGINT during an answer returns to the prompt with the memory kept; the next
     question is answered; SIGINT at the prompt ends the chat with 130."""
     import pty
@@ -269,8 +286,9 @@ def test_ctrl_c_in_a_terminal_chat_stops_the_answer_only(tiny_chat_model_dir: Pa
     import subprocess
     import time
 
+    model = _never_stops(tiny_chat_model_dir, tmp_path / "never-stops")
     master, slave = pty.openpty()
-    args = ["chat", story, "-m", tiny_chat_model_dir, *KNOBS[:-2], "--max-new-tokens", "100000"]
+    args = ["chat", story, "-m", model, *KNOBS[:-2], "--max-new-tokens", "100000"]
     proc = _spawn(*args, stdin=slave, stdout=slave, stderr=subprocess.PIPE)
     os.close(slave)
     seen = bytearray()
