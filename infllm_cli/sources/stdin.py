@@ -67,31 +67,11 @@ class PrefixedReader(io.RawIOBase):
         return n
 
 
-def _wait_readable(stream: BinaryIO) -> None:
-    """Block until ``stream`` has data or is at its end, waking every 0.2 s: a Ctrl-C that the kernel
-    delivered to another thread (torch starts several) only interrupts the main thread between system calls,
-    so a read blocked on an idle pipe would not see it until input arrived."""
-    import select
-
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        return  # an in-memory stream never blocks
-    while True:
-        try:
-            if select.select([fd], [], [], 0.2)[0]:
-                return
-        except (OSError, ValueError):  # not selectable (e.g. a regular file on some systems): just read
-            return
-
-
 def _read_head(stream: BinaryIO, size: int) -> bytes:
     """Read up to ``size`` bytes, looping over the short reads of pipes."""
     chunks, total = [], 0
-    read = getattr(stream, "read1", stream.read)  # what is there, without waiting for all ``size`` bytes
     while total < size:
-        _wait_readable(stream)
-        data = read(size - total)
+        data = stream.read(size - total)
         if not data:
             break
         chunks.append(data)
