@@ -23,6 +23,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         stdio.write_err("error: cannot write to stdout: it is closed")
         return EXIT_IO_ERROR
     try:
+        from .interrupts import install
+
+        install()  # before anything imports torch
         _rich_broken_pipe_raises()
         from .app import app
 
