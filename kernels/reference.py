@@ -62,21 +62,21 @@ def gather_memory(
     valid : [Hkv, Ni + K*bs] bool, False on the tokens of empty slots
     """
     n_kv, n_i, d = k_init.shape
-    kb, vb, ok = gather_blocks(k_blocks, v_blocks, block_idx, n_kv, k_init.device)
+    kb, vb, ok = gather_blocks(k_blocks, v_blocks, block_idx, k_init.device)
     valid = torch.cat([torch.ones(n_kv, n_i, dtype=torch.bool, device=k_init.device),
-                       ok.to(k_init.device).repeat_interleave(k_blocks.shape[2], dim=1)], dim=1)
+                       ok.repeat_interleave(k_blocks.shape[2], dim=1)], dim=1)
     return torch.cat([k_init, kb], dim=1), torch.cat([v_init, vb], dim=1), valid
 
 
 def gather_blocks(
-    k_blocks: torch.Tensor, v_blocks: torch.Tensor, block_idx: torch.Tensor, n_kv: int, device: torch.device
+    k_blocks: torch.Tensor, v_blocks: torch.Tensor, block_idx: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The retrieved blocks alone (no initial tokens), as :func:`gather_memory` lays them out.
 
     Returns ``k``, ``v`` [Hkv, K*bs, D] on ``device`` (empty slots hold zeros) and ``ok`` [Hkv, K] bool,
     False on empty slots.
     """
-    d = k_blocks.shape[3]
+    n_kv, d = k_blocks.shape[1], k_blocks.shape[3]
     idx = per_head_index(block_idx, n_kv).to(k_blocks.device)  # [Hkv, K]
     ok = idx >= 0
     kb, vb = _gather_blocks(k_blocks, idx, ok), _gather_blocks(v_blocks, idx, ok)
@@ -218,7 +218,7 @@ def _attention_probs(
     h, l, d = q_local.shape
     n_kv, n_l, _ = k_local.shape
     g = h // n_kv
-    kb, vb, ok = gather_blocks(k_blocks, v_blocks, block_idx, n_kv, k_init.device)
+    kb, vb, ok = gather_blocks(k_blocks, v_blocks, block_idx, k_init.device)
     s_loc = torch.bmm(_grouped(q_local, n_kv), k_local.float().transpose(1, 2)).mul_(scale)  # [Hkv, G*L, Nl]
     s_loc = s_loc.view(n_kv, g, l, n_l)
     # keys before the last L are visible to every query: only the bottom-right L x L corner is masked
@@ -294,7 +294,7 @@ def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, pe
     n_kv = repr_keys.shape[1]
     reps = repr_keys[:n_blocks].float()  # [n, Hkv, R, D]
     qg = q.float().to(reps.device).view(n_kv, h // n_kv, lq, d)
-    if reps.shape[2] == 1:  # one row per block (repr_sum, bounds): one pass over the store
+    if reps.shape[2] == 1 and lq == 1:  # one row per block (repr_sum, bounds), one query: one pass over the store
         s = _one_key_scores(qg, reps)
         return s if per_kv_head else s.sum(dim=0, keepdim=True)
     h_g = h // n_kv
@@ -314,7 +314,8 @@ def block_scores_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, pe
 
 
 def _one_key_scores(qg: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
-    """:func:`block_scores_ref` for one representative row per block (``repr_sum``, ``bounds``): ``[Hkv, n]``.
+    """:func:`block_scores_ref` for one representative row per block (``repr_sum``, ``bounds``) and one query
+    row (a chunk's mean query, decoding): ``[Hkv, n]``.
 
     With one key per block the group's score is the score of the group's summed query, and each KV head's
     rows are read in place by one matrix-vector product (contiguous for the head-major bounds of
@@ -322,11 +323,8 @@ def _one_key_scores(qg: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
     and is read once in all. The cost is then one pass over the representatives: the part of a chunk's cost
     that grows with the document.
     """
-    n_kv, _, lq, d = qg.shape
-    qs = qg.sum(dim=1)  # [Hkv, Lq, D]
-    if lq == 1:
-        return torch.stack([torch.mv(reps[:, h, 0], qs[h, 0]) for h in range(n_kv)])
-    return torch.stack([torch.mm(reps[:, h, 0], qs[h].t()).amax(dim=1) for h in range(n_kv)])
+    qs = qg.sum(dim=1)[:, 0]  # [Hkv, D]
+    return torch.stack([torch.mv(reps[:, h, 0], qs[h]) for h in range(qs.shape[0])])
 
 
 def topk_blocks_ref(q: torch.Tensor, repr_keys: torch.Tensor, n_blocks: int, k: int, per_kv_head: bool = False) -> torch.Tensor:
