@@ -26,6 +26,10 @@ _CORPUS = [
 ] * 20
 
 
+#: The tiny tokenizer's special tokens (unknown, begin / end of sequence, end of a chat turn).
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|end|>"]
+
+
 def make_tokenizer(vocab_size: int = 320, chat_template: bool = False):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -35,7 +39,7 @@ def make_tokenizer(vocab_size: int = 320, chat_template: bool = False):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>", "<|end|>"],
+        special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

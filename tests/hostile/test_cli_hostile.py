@@ -267,11 +267,12 @@ def _never_stops(model_dir: Path, out: Path) -> Path:
     import torch
     import transformers
 
+    from tests.tiny_models import SPECIAL_TOKENS
+
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    special = set(tok.all_special_ids) | set(tok.convert_tokens_to_ids(["<unk>", "<s>", "</s>", "<|end|>"]))  # tiny_models
     with torch.no_grad():
-        model.get_output_embeddings().weight[sorted(special)] = 0.0
+        model.get_output_embeddings().weight[tok.convert_tokens_to_ids(SPECIAL_TOKENS)] = 0.0
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
