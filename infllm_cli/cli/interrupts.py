@@ -51,7 +51,10 @@ class ImportFirst(importlib.abc.MetaPathFinder):
         if fullname == self.trigger:
             if self in sys.meta_path:
                 sys.meta_path.remove(self)
-            import_holding_ctrl_c(self.first)
+            try:
+                import_holding_ctrl_c(self.first)
+            except ImportError:  # ``first`` is optional for ``trigger`` (torch runs without numpy)
+                pass
         return None
 
 

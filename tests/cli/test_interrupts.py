@@ -47,3 +47,16 @@ def test_the_hook_imports_the_first_module_before_the_trigger_then_steps_aside(m
     finally:
         if hook in sys.meta_path:
             sys.meta_path.remove(hook)
+
+
+def test_a_missing_first_module_does_not_stop_the_trigger_import(modules: Path) -> None:
+    (modules / "infllm_fake_torch2.py").write_text("VALUE = 3\n")
+    hook = ImportFirst("infllm_fake_torch2", "infllm_fake_absent_numpy")
+    sys.meta_path.insert(0, hook)
+    try:
+        import infllm_fake_torch2
+
+        assert infllm_fake_torch2.VALUE == 3 and hook not in sys.meta_path
+    finally:
+        if hook in sys.meta_path:
+            sys.meta_path.remove(hook)
