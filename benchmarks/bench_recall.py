@@ -41,7 +41,7 @@ KNOBS = {
     "query-max": ("query_score", "mean", "max"),
     "question": ("question_topk", 0, 4),
     "question-neighbors": ("question_neighbors", 0, 1),
-    "question-shared": ("question_shared", 0, 2),
+    "question-shared": ("question_shared", 0, 3),
     "neighbors": ("neighbors", 0, 1),
     "rescore": ("rescore", 0, 32),
 }
@@ -51,13 +51,16 @@ def variants(base, names: list[str]) -> list[Variant]:
     """``paper``, ``paper+KNOB`` (one improvement on the paper's rule), ``default``, ``default-KNOB`` (one
     knob of the default back to the paper's value), ``default+neighbors``, ``paper-3xtopk`` (control: more
     blocks), ``streaming``, ``dense``, ``default[KNOB=VALUE,...]`` / ``paper[...]`` (any selection knobs set to
-    integers, e.g. ``default[question_topk=4,question_shared=2]``), and ``+oracle`` after any infllm variant."""
+    integers, e.g. ``default[question_topk=4,question_shared=2]``), and ``+oracle`` (the asked fact's blocks
+    pinned) or ``+all-facts`` (every planted fact's blocks pinned, distractors included) after any infllm
+    variant."""
     paper = with_selection(base, "paper")
     default = with_selection(base, "default")
     out = []
     for name in names:
-        oracle = name.endswith("+oracle")
-        stem = name.removesuffix("+oracle")
+        all_facts = name.endswith("+all-facts")
+        oracle = name.endswith("+oracle") or all_facts
+        stem = name.removesuffix("+oracle").removesuffix("+all-facts")
         if stem in ("streaming", "dense"):
             out.append(Variant(name, stem, paper))
             continue
@@ -80,18 +83,23 @@ def variants(base, names: list[str]) -> list[Variant]:
             config = default.replace(**{field: better})
         else:
             sys.exit(f"unknown variant {name!r}; see variants() in {__file__}")
-        out.append(Variant(name, "infllm", config, oracle=oracle))
+        out.append(Variant(name, "infllm", config, oracle=oracle, all_facts=all_facts))
     return out
 
 
-def knob_values(spec: str) -> dict[str, int]:
-    """``"question_topk=4,question_shared=2"`` -> ``{"question_topk": 4, "question_shared": 2}`` (integer knobs)."""
-    out = {}
+def knob_values(spec: str) -> dict[str, int | str]:
+    """``"question_topk=4,block_score=repr_sum"`` -> ``{"question_topk": 4, "block_score": "repr_sum"}``
+    (selection knobs; integers for the numeric ones)."""
+    out: dict[str, int | str] = {}
     for item in filter(None, spec.split(",")):
         name, _, value = item.partition("=")
-        if name not in MEMORY_LIMITS or not value.lstrip("-").isdigit():
-            sys.exit(f"bad knob setting {item!r}: expected NAME=INTEGER with NAME one of {', '.join(MEMORY_LIMITS)}")
-        out[name] = int(value)
+        if name in MEMORY_LIMITS and value.lstrip("-").isdigit():
+            out[name] = int(value)
+        elif name in SELECTIONS["default"] and not isinstance(SELECTIONS["default"][name], (int, bool)) and value:
+            out[name] = value
+        else:
+            sys.exit(f"bad knob setting {item!r}: expected NAME=INTEGER with NAME one of {', '.join(MEMORY_LIMITS)}, "
+                     "or NAME=VALUE for a named knob (block_score, query_score)")
     return out
 
 

@@ -82,6 +82,10 @@ MEMORY_LIMITS: dict[str, tuple[int, int]] = {
     "rescore": (0, 4_096),
 }
 
+#: Knobs used only when a question is read (question-aware retrieval): what is stored while reading a
+#: document does not depend on them, so one read can be answered with any of their values.
+ANSWER_KNOBS = ("question_topk", "question_neighbors", "question_shared")
+
 #: Most tokens one answer may generate (``--max-new-tokens``).
 MAX_NEW_TOKENS = 131_072
 #: Largest ``temperature`` (beyond it sampling is uniform noise anyway).
@@ -181,6 +185,12 @@ SELECTIONS: dict[str, dict[str, Any]] = {
     # the best combination on the recall benchmark (docs/retrieval.md)
     "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "question_shared": 3, "rescore": 0},
 }
+
+
+def reading_config(config: MemoryConfig) -> MemoryConfig:
+    """``config`` with the answer-time knobs (:data:`ANSWER_KNOBS`) at their defaults: equal for two
+    configurations whose reads of a document store the same memory."""
+    return config.replace(**{f.name: f.default for f in dataclasses.fields(MemoryConfig) if f.name in ANSWER_KNOBS})
 
 
 def with_selection(config: MemoryConfig, name: str) -> MemoryConfig:

@@ -61,6 +61,7 @@ class RecallSample:
     answer: list[int]
     evidence: list[tuple[int, int]] = field(default_factory=list)  # answer tokens inside the context
     needle: list[tuple[int, int]] = field(default_factory=list)  # the whole planted fact(s) the answer needs
+    distractors: list[tuple[int, int]] = field(default_factory=list)  # the other planted facts (multikey)
     answer_text: str = ""
 
 
@@ -169,6 +170,7 @@ def make_sample(
     at = 0
     evidence: list[tuple[int, int]] = []
     needle: list[tuple[int, int]] = []
+    distractors: list[tuple[int, int]] = []
     for i in order:
         context += filler.take(cut[i] - at, rng)
         at = cut[i]
@@ -178,13 +180,15 @@ def make_sample(
         if task == "multivalue" or i == 0:
             needle.append((start, len(context)))
             evidence.append(_value_span(ids, value, encode, start))
+        else:
+            distractors.append((start, len(context)))
     context += filler.take(body - at, rng)
     if task == "multivalue":
         order_of = sorted(range(len(evidence)), key=lambda j: evidence[j][0])
         evidence = [evidence[j] for j in order_of]
         needle = [needle[j] for j in order_of]
     return RecallSample(task, length, depth, context, encode(prompt_text), encode(answer_text),
-                        evidence, needle, answer_text)
+                        evidence, needle, distractors, answer_text)
 
 
 def _value_span(ids: list[int], value: str, encode: Encode, start: int) -> tuple[int, int]:

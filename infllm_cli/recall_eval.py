@@ -15,6 +15,7 @@ selection for the prompt and the answer: the ceiling of the selection for that c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -24,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import MemoryConfig
+from .config import MemoryConfig, reading_config
 from .memory.cache import ContextMemory
 from .models import LoadedModel
 from .recall import Filler, RecallSample, bos_ids, make_sample, tokenizer_encoder
@@ -33,12 +34,15 @@ from .runner import Runner
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of reading: attention mode, memory knobs, and whether the evidence is forced (oracle)."""
+    """One way of reading: attention mode, memory knobs, and whether the evidence is forced (``oracle``: the
+    asked fact's blocks pinned; ``all_facts``: every planted fact's blocks pinned, the asked one and the
+    distractors, i.e. the ceiling of a selection that finds the facts but cannot tell them apart)."""
 
     name: str
     attention: str
     memory: MemoryConfig
     oracle: bool = False
+    all_facts: bool = False
 
 
 @dataclass
@@ -96,8 +100,11 @@ class SelectionProbe:
         return hit, rank, per_layer
 
 
-def answer_scores(runner: Runner, sample: RecallSample, oracle: bool, probe: SelectionProbe | None) -> tuple[float, bool, float]:
-    """Read the prompt, then score the answer teacher-forced: (token accuracy, exact match, mean NLL)."""
+def answer_scores(runner: Runner, sample: RecallSample, oracle: bool, probe: SelectionProbe | None,
+                  all_facts: bool = False) -> tuple[float, bool, float]:
+    """Read the prompt, then score the answer teacher-forced: (token accuracy, exact match, mean NLL). With
+    ``oracle`` the blocks of the asked fact are pinned instead of the question's (and with ``all_facts`` those
+    of the distractor facts too)."""
     cache = runner.cache
     memory = cache if isinstance(cache, ContextMemory) else None
     if probe is not None and memory is not None:
@@ -105,7 +112,8 @@ def answer_scores(runner: Runner, sample: RecallSample, oracle: bool, probe: Sel
     try:
         forced = None
         if oracle and memory is not None:
-            forced = sorted({b for s, e in sample.needle for b in memory.blocks_of(s, e)})
+            spans = sample.needle + (sample.distractors if all_facts else [])
+            forced = sorted({b for s, e in spans for b in memory.blocks_of(s, e)})
         runner.read_question(sample.prompt, forced)
         logits = [runner.last_logits]
         for tok in sample.answer[:-1]:
@@ -141,14 +149,15 @@ def run_recall(
 ) -> list[TrialResult]:
     """Every task x length x depth x trial, each variant on the same sample (same seed, same text).
 
-    Variants that differ only in ``oracle`` share one read of the context.
+    Variants that differ only in ``oracle`` or in the answer-time knobs (:data:`ANSWER_KNOBS`) share one read
+    of the context, answered with each variant's knobs (:meth:`ContextMemory.answer_config`).
     """
     encode = tokenizer_encoder(loaded.tokenizer)
     bos = bos_ids(loaded.tokenizer)
     fill = Filler(filler, encode, seed=seed)
     groups: dict[tuple[str, MemoryConfig], list[Variant]] = {}
     for v in variants:
-        groups.setdefault((v.attention, v.memory), []).append(v)
+        groups.setdefault((v.attention, reading_config(v.memory)), []).append(v)
     runners = {key: Runner(loaded, memory, attention=attention, backend=backend)
                for key in groups for attention, memory in [key]}
     results: list[TrialResult] = []
@@ -171,7 +180,8 @@ def run_recall(
                             if memory is not None and v.attention == "infllm":
                                 probe = SelectionProbe(evidence_blocks(memory, sample), len(sample.context) + len(sample.prompt) - 1,
                                                        len(memory.memories))
-                            acc, exact, nll = answer_scores(runner, sample, v.oracle, probe)
+                            with memory.answer_config(v.memory) if memory is not None else contextlib.nullcontext():
+                                acc, exact, nll = answer_scores(runner, sample, v.oracle, probe, v.all_facts)
                             hit, rank, per_layer = probe.summary() if probe else (None, None, [])
                             r = TrialResult(task, length, depth, trial, v.name, acc, exact, nll, hit, rank, per_layer)
                             results.append(r)

@@ -216,7 +216,7 @@ class Runner:
             cache.align_chunks()
             if pinned_blocks is not None:
                 cache.pin_blocks(list(pinned_blocks))
-            elif (self.config.question_topk > 0 or self.config.question_shared > 0) and cache.n_blocks > 0:
+            elif (cache.config.question_topk > 0 or cache.config.question_shared > 0) and cache.n_blocks > 0:
                 before = self.snapshot()
                 with cache.ranking_question():
                     for chunk in self.chunks(prompt_tokens):

@@ -177,3 +177,18 @@ def test_reserved_store_allocates_once_and_gives_the_same_result():
     assert reserved.store.n_blocks == grown.store.n_blocks > 16
     assert reserved.store.keys is keys  # no growth, no copy
     assert grown.store.capacity < 2 * grown.store.n_blocks  # growth over-allocates by half at most
+
+
+def test_answer_config_changes_only_the_answer_knobs_and_is_undone():
+    config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5, chunk_size=5)
+    rope = RotaryTable(IdentityRotary(), config.max_window + 1, torch.device("cpu"))
+    memory = ContextMemory(config, 2, 2, 16, rope, TORCH, torch.device("cpu"), torch.float32)
+    other = config.replace(question_topk=9, question_shared=0, question_neighbors=2)
+    with memory.answer_config(other):
+        assert memory.config is other
+        assert all(m.config is other and m.selector.config is other for m in memory.memories)
+    assert memory.config is config and all(m.config is config and m.selector.config is config for m in memory.memories)
+    with pytest.raises(ValueError, match="not topk"):
+        with memory.answer_config(config.replace(topk=3)):
+            pass
+    assert memory.config is config

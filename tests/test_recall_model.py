@@ -72,6 +72,34 @@ def test_default_selection_holds_on_held_out_inputs(recall_model, task, filler, 
     assert rows["default"]["token_accuracy"] > rows["paper"]["token_accuracy"] + 0.3, (rows["default"], rows["paper"])
 
 
+def test_variants_differing_in_answer_knobs_share_a_read_and_score_as_alone(recall_model):
+    """One read answered with two question settings scores each trial exactly as a read per setting."""
+    default = with_selection(MICRO, "default")
+    other = default.replace(question_topk=1, question_shared=0, question_neighbors=0)
+    variants = [Variant("default", "infllm", default), Variant("other", "infllm", other)]
+    together = run_recall(recall_model, variants, ["multikey"], [1024], [0.5], 2, seed=3, filler="prose", backend="torch")
+    alone = [r for v in variants
+             for r in run_recall(recall_model, [v], ["multikey"], [1024], [0.5], 2, seed=3, filler="prose", backend="torch")]
+    key = lambda r: (r.variant, r.trial)  # noqa: E731
+    assert [(r.variant, r.nll, r.hit) for r in sorted(together, key=key)] == \
+        [(r.variant, r.nll, r.hit) for r in sorted(alone, key=key)]
+    assert {r.variant: r.nll for r in together}["default"] != {r.variant: r.nll for r in together}["other"]
+
+
+def test_the_all_facts_oracle_pins_the_distractors_too(recall_model, monkeypatch):
+    from infllm_cli.memory.cache import ContextMemory
+
+    pinned = []
+    real = ContextMemory.pin_blocks
+    monkeypatch.setattr(ContextMemory, "pin_blocks", lambda self, blocks: (pinned.append(list(blocks)), real(self, blocks))[1])
+    default = with_selection(MICRO, "default")
+    variants = [Variant("oracle", "infllm", default, oracle=True), Variant("facts", "infllm", default, oracle=True, all_facts=True)]
+    rows = exact(recall_model, variants, 1024, trials=1, task="multikey", depths=(0.5,))
+    only, facts = pinned
+    assert set(only) < set(facts) and len(facts) >= len(only) + 3  # three distractor facts, a block or two each
+    assert rows["facts"]["evidence_hit"] == 1.0
+
+
 def test_training_script_fine_tunes_deterministically(tmp_path, recall_model):
     """benchmarks/train_recall_model.py --init: two identical short fine-tuning runs from the committed model
     give identical weights (the data generator and the optimiser are seeded), record where they started,

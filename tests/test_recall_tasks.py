@@ -32,6 +32,14 @@ def test_samples_plant_the_answer_where_the_evidence_says(tok, task, key_format)
             assert ", ".join(values) == s.answer_text.strip()  # in the order they appear
         for (na, nb), (ea, eb) in zip(s.needle, s.evidence):
             assert na <= ea < eb <= nb
+        spans = sorted(s.needle + s.distractors)
+        assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))  # facts do not overlap
+        if task == "multikey":  # the other named facts are the distractors: same template, another name
+            asked = tok.decode(s.context[slice(*s.needle[0])])
+            others = [tok.decode(s.context[a:b]) for a, b in s.distractors]
+            assert len(others) == 3 and all("pass key for" in o and o != asked for o in others)
+        else:
+            assert s.distractors == []
         if task != "multikey":  # every planted fact is a needle: the first sits exactly at the depth
             body = 3000 - 1 - sum(b - a for a, b in s.needle)
             assert s.needle[0][0] == 1 + int(depth * body)

@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from infllm_kernels.backend import Backend
 
-from ..config import MemoryConfig
+from ..config import ANSWER_KNOBS, MemoryConfig
 from .layer_memory import LayerMemory
 from .ledger import AttentionLedger
 from .rope import RotaryTable
@@ -125,6 +125,28 @@ class ContextMemory(Cache):
         return copy.deepcopy(self, memo={id(shared): shared})
 
     # answer-time block selection -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def answer_config(self, config: MemoryConfig) -> Iterator[None]:
+        """Read questions inside the block with ``config``, which may differ from this memory's configuration
+        only in the answer-time knobs (:data:`~infllm_cli.config.ANSWER_KNOBS`): one read of a document,
+        answered with several question-aware settings (the recall benchmark compares them on one read)."""
+        same = {k: getattr(self.config, k) for k in ANSWER_KNOBS}
+        if config.replace(**same) != self.config:
+            changed = [k for k, v in config.to_dict().items() if k not in ANSWER_KNOBS and v != getattr(self.config, k)]
+            raise ValueError(f"answer_config may change only {', '.join(ANSWER_KNOBS)}, not {', '.join(changed)}")
+        previous = self.config
+        self._use_config(config)
+        try:
+            yield
+        finally:
+            self._use_config(previous)
+
+    def _use_config(self, config: MemoryConfig) -> None:
+        self.config = config
+        for m in self.memories:
+            m.config = config
+            m.selector.config = config
 
     def align_chunks(self) -> None:
         """Start a new query chunk at the next token, in every layer: a question then retrieves with its

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .. import __version__
+from ..config import ANSWER_KNOBS
 from ..formatting import human_bytes, one_line
 from ..memory.cache import ContextMemory
 from .files import FORMAT_VERSION, EntryError, read_entry, read_manifest, write_entry
@@ -42,7 +43,7 @@ log = logging.getLogger("infllm.cache")
 
 CHECKPOINTS = 4
 # knobs that do not change what is stored: used only when a question is read, or where the blocks are kept
-NOT_STATE = ("question_topk", "question_neighbors", "question_shared", "offload", "disk_store", "max_cached_block")
+NOT_STATE = ANSWER_KNOBS + ("offload", "disk_store", "max_cached_block")
 
 
 @dataclass
