@@ -44,6 +44,7 @@ def recall_cmd(
     key_format: Annotated[str, typer.Option("--key-format", metavar="FMT", help="Keys: digits, alnum or words.")] = "digits",
     n_keys: Annotated[int, typer.Option("--n-keys", metavar="N", min=2, max=20, help="Facts planted by multikey / values by multivalue.")] = 4,
     oracle: Annotated[bool, typer.Option("--oracle", help="Also score with the evidence blocks forced into the selection (the selection's ceiling).")] = False,
+    all_facts: Annotated[bool, typer.Option("--all-facts", help="Also score with the blocks of every planted fact forced in, the asked one and the others (multikey: the ceiling of a selection that finds the facts but cannot tell them apart).")] = False,
     opts: Options = None,  # type: ignore[assignment]  # filled by @shared
 ) -> None:
     """Recall of planted facts from long synthetic contexts: answer-token accuracy, exact match, NLL, and
@@ -67,8 +68,9 @@ def recall_cmd(
         depths = depth or DEFAULT_DEPTHS
         if any(not 0.0 <= d <= 1.0 for d in depths):
             raise UsageError("--depth must lie between 0 and 1")
-        if oracle and opts.attention != "infllm":
-            raise UsageError("--oracle forces blocks into the memory's selection: it needs --attention infllm")
+        for flag, on in (("--oracle", oracle), ("--all-facts", all_facts)):
+            if on and opts.attention != "infllm":
+                raise UsageError(f"{flag} forces blocks into the memory's selection: it needs --attention infllm")
         reporter = start(opts)
         model_name = resolve_model(opts.model).name
         policy = opts.load_policy()
@@ -80,6 +82,8 @@ def recall_cmd(
         variants = [Variant(name, opts.attention, memory)]
         if oracle:
             variants.append(Variant(name + "+oracle", opts.attention, memory, oracle=True))
+        if all_facts:
+            variants.append(Variant(name + "+all-facts", opts.attention, memory, oracle=True, all_facts=True))
         total = len(tasks) * len(lengths) * len(depths) * trials * len(variants)
         try:
             with reporter.task("recall", total=total, unit="trials") as update:

@@ -30,6 +30,16 @@ def test_recall_json_has_a_row_per_task_length_depth_variant(tiny_llama_dir):
             assert r["evidence_hit"] == 1.0  # forced blocks are always read
 
 
+def test_recall_all_facts_rows(tiny_llama_dir):
+    result = CliRunner().invoke(eval_app, ["recall", "--model", str(tiny_llama_dir), *KNOBS, "--task", "multikey",
+                                           "--length", "700", "--depth", "0.5", "--trials", "1", "--oracle",
+                                           "--all-facts", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["variant"] for r in rows] == ["infllm-default", "infllm-default+oracle", "infllm-default+all-facts"]
+    assert rows[2]["evidence_hit"] == 1.0
+
+
 def test_recall_paper_selection_and_table(tiny_llama_dir):
     result = CliRunner().invoke(eval_app, ["recall", "--model", str(tiny_llama_dir), *KNOBS, "--selection", "paper",
                                            "--task", "multikey", "--length", "700", "--depth", "0.5", "--trials", "1",
@@ -50,6 +60,7 @@ def test_recall_errors_are_one_line(tiny_llama_dir, tmp_path):
         (["recall", *model, "--length", "30", "--task", "multivalue"], 2, "too short"),
         (["recall", *model, "--filler", str(tmp_path / "nothing.txt")], 2, "filler"),
         (["recall", *model, "--oracle", "--attention", "dense"], 2, "--oracle"),
+        (["recall", *model, "--all-facts", "--attention", "streaming"], 2, "--all-facts"),
         (["recall", *model, "--selection", "best"], 2, "best"),
     ]
     for args, code, fragment in cases:
