@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import infllm_kernels.reference as reference  # noqa: E402
+from bench_prefill import SHAPES, read_random_document  # noqa: E402
 from infllm_cli.memory.block_store import BlockStore  # noqa: E402
 
 CURRENT = {"_attention_probs": reference._attention_probs, "_one_key_scores": reference._one_key_scores}
@@ -137,19 +138,22 @@ def main() -> None:
     p.add_argument("--decode", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--shape", choices=list(SHAPES), default="tiny",
+                   help="tiny: hidden 256, head dim 32 (attention-heavy); tinyllama: TinyLlama-1.1B's layer shapes, "
+                        "4 layers (a real model's proportion of weights to key/value cache)")
     p.add_argument("--short", type=int, default=4096,
                    help="also time decoding after a document this short (inside the window: no block is read), "
                         "alternating with the rows, for the ratio the issue's bar is stated in (0: skip)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    from bench_prefill import read_random_document
 
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_short:
-        runner, preset = read_random_document(tmp, a.tokens)
-        short = read_random_document(tmp_short, a.short)[0] if a.short else None
+        runner, preset = read_random_document(tmp, a.tokens, shape=a.shape)
+        short = read_random_document(tmp_short, a.short, shape=a.shape)[0] if a.short else None
         short_snap = short.snapshot() if short else None
-        print(f"torch {torch.__version__}, {a.threads} thread(s); random Llama (hidden 256, 4 layers, 8 heads / 4 KV "
-              f"heads), preset {preset}, {a.tokens:,} tokens read ({runner.blocks:,} blocks per layer), "
+        hidden, layers, heads, kv_heads, inter, vocab = SHAPES[a.shape]
+        print(f"torch {torch.__version__}, {a.threads} thread(s); random Llama {a.shape!r} (hidden {hidden}, {layers} "
+              f"layers, {heads} heads / {kv_heads} KV heads, MLP {inter}, vocab {vocab}), preset {preset}, {a.tokens:,} tokens read ({runner.blocks:,} blocks per layer), "
               f"{a.decode} tokens decoded x {a.repeats} per cell, medians\n")
         names = list(VARIANTS)
         extra = f" | {a.short:,}-token document ms/token | current / that |" if short else " |"

@@ -23,35 +23,50 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_model(path: str, hidden: int, layers: int, heads: int, kv_heads: int) -> None:
+#: Model shapes the decode benchmarks take (``--shape``): hidden, layers, heads, KV heads, intermediate, vocab.
+SHAPES = {
+    # the small random Llama of the decode tables since session 4: head dim 32, attention-heavy (at 4K tokens
+    # the attention does about twice the multiply-adds of the weights)
+    "tiny": (256, 4, 8, 4, 640, 4096),
+    # TinyLlama-1.1B's layer shapes (head dim 64, 32 heads / 4 KV heads, MLP 5632, vocab 32000), 4 of its
+    # 22 layers: the proportions of a real model's weights to its key/value cache
+    "tinyllama": (2048, 4, 32, 4, 5632, 32000),
+}
+
+
+def build_model(path: str, hidden: int, layers: int, heads: int, kv_heads: int,
+                intermediate: int | None = None, vocab: int = 4096) -> None:
     import torch
     import transformers
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
     config = transformers.LlamaConfig(
-        vocab_size=4096, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64,
+        vocab_size=vocab, hidden_size=hidden,
+        intermediate_size=intermediate if intermediate is not None else int(hidden * 8 / 3) // 64 * 64,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=8192, bos_token_id=1, eos_token_id=2,
     )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(path)
-    vocab = {f"t{i}": i for i in range(4096)}
+    vocab = {f"t{i}": i for i in range(config.vocab_size)}
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
                                   bos_token="t1", eos_token="t2", unk_token="t0")
     tok.save_pretrained(path)
 
 
-def read_random_document(path: str, tokens: int, reserve: int = 0):
-    """Build the decode benchmarks' random Llama (hidden 256, 4 layers, 8 heads / 4 KV heads) in ``path`` and
-    read ``tokens`` random tokens with preset ``paper`` on the torch backend: (runner, preset name)."""
+def read_random_document(path: str, tokens: int, reserve: int = 0, shape: str = "tiny"):
+    """Build a decode benchmark's random Llama (:data:`SHAPES`, default ``tiny``: hidden 256, 4 layers, 8 heads
+    / 4 KV heads) in ``path`` and read ``tokens`` random tokens with preset ``paper`` on the torch backend:
+    (runner, preset name)."""
     import torch
 
     from infllm_cli.cli.options import Options
     from infllm_cli.models import load_model, read_model_config
     from infllm_cli.runner import Runner
 
-    build_model(path, 256, 4, 8, 4)
+    hidden, layers, heads, kv_heads, intermediate, vocab = SHAPES[shape]
+    build_model(path, hidden, layers, heads, kv_heads, intermediate, vocab)
     config = read_model_config(path)
     memory, preset = Options(preset="paper").memory_config(config)
     runner = Runner(load_model(path, device="cpu", dtype="float32"), memory, attention="infllm", backend="torch")

@@ -43,3 +43,18 @@ def test_bench_recall_takes_knob_settings_as_variants() -> None:
         bench_recall.variants(preset("micro"), ["default[question_topk=x]"])
     with pytest.raises(SystemExit, match="bad knob setting"):
         bench_recall.variants(preset("micro"), ["default[no_such_knob=1]"])
+
+
+def test_benchmark_models_take_the_shape_they_are_given(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_prefill import SHAPES, build_model
+    finally:
+        sys.path.remove(str(BENCH))
+    import json
+
+    build_model(str(tmp_path), 64, 1, 4, 2, intermediate=96, vocab=300)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["hidden_size"], config["intermediate_size"], config["vocab_size"]) == (64, 96, 300)
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["vocab"]["t299"] == 299
+    assert SHAPES["tiny"] == (256, 4, 8, 4, 640, 4096)  # the decode tables' model before shapes were named
