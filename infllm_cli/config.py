@@ -122,7 +122,7 @@ class MemoryConfig:
     neighbors: int = 0
     question_topk: int = 4
     question_neighbors: int = 1
-    question_shared: int = 3
+    question_shared: int = 4
     rescore: int = 0
 
     def __post_init__(self) -> None:
@@ -183,7 +183,7 @@ SELECTIONS: dict[str, dict[str, Any]] = {
     # summed over all heads, no neighbours, no question-aware blocks.
     "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "question_neighbors": 0, "question_shared": 0, "rescore": 0},
     # the best combination on the recall benchmark (docs/retrieval.md)
-    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "question_shared": 3, "rescore": 0},
+    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "question_shared": 4, "rescore": 0},
 }
 
 

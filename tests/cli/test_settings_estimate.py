@@ -76,7 +76,7 @@ def test_knobs_override_the_preset_and_are_validated() -> None:
         Options(preset="tiny", n_local=32).memory_config()
     # the question's blocks and their neighbours: default selection, paper selection, explicit override
     mem, _ = Options(preset="small").memory_config()
-    assert (mem.question_topk, mem.question_neighbors, mem.question_shared) == (4, 1, 3)
+    assert (mem.question_topk, mem.question_neighbors, mem.question_shared) == (4, 1, 4)
     mem, _ = Options(preset="small", selection="paper").memory_config()
     assert (mem.question_topk, mem.question_neighbors, mem.question_shared) == (0, 0, 0)
     mem, _ = Options(preset="small", question_neighbors=2, question_shared=0).memory_config()
