@@ -233,6 +233,15 @@ def test_piped_chat_commands_and_separators(tiny_chat_model_dir: Path, story: Pa
     assert "conversation forgotten" in err
 
 
+def _ctrl_c_as_from_a_terminal() -> None:
+    """In the child, before it starts: SIGINT back to its default action. A test run started in the
+    background by a script (``cmd &`` without job control) inherits SIGINT *ignored*, and a Python started
+    with SIGINT ignored never raises KeyboardInterrupt, so the Ctrl-C tests would test nothing but that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(*args: object, **kwargs):
     import subprocess
     import sys
@@ -241,7 +250,8 @@ def _spawn(*args: object, **kwargs):
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "infllm_cli", *map(str, args)], cwd=REPO, env=env, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "infllm_cli", *map(str, args)], cwd=REPO, env=env,
+                            preexec_fn=_ctrl_c_as_from_a_terminal, **kwargs)
 
 
 def test_ctrl_c_while_reading_the_source_is_130_quietly(story: Path) -> None:
