@@ -103,15 +103,15 @@ class SelectionProbe:
 def answer_scores(runner: Runner, sample: RecallSample, oracle: bool, probe: SelectionProbe | None,
                   all_facts: bool = False) -> tuple[float, bool, float]:
     """Read the prompt, then score the answer teacher-forced: (token accuracy, exact match, mean NLL). With
-    ``oracle`` the blocks of the asked fact are pinned instead of the question's (and with ``all_facts`` those
-    of the distractor facts too)."""
+    ``oracle`` the blocks of the asked fact are pinned instead of the question's; with ``all_facts`` those of
+    the distractor facts too."""
     cache = runner.cache
     memory = cache if isinstance(cache, ContextMemory) else None
     if probe is not None and memory is not None:
         probe.attach(memory)
     try:
         forced = None
-        if oracle and memory is not None:
+        if (oracle or all_facts) and memory is not None:
             spans = sample.needle + (sample.distractors if all_facts else [])
             forced = sorted({b for s, e in spans for b in memory.blocks_of(s, e)})
         runner.read_question(sample.prompt, forced)
@@ -149,7 +149,7 @@ def run_recall(
 ) -> list[TrialResult]:
     """Every task x length x depth x trial, each variant on the same sample (same seed, same text).
 
-    Variants that differ only in ``oracle`` or in the answer-time knobs (:data:`ANSWER_KNOBS`) share one read
+    Variants that differ only in ``oracle`` / ``all_facts`` or in the answer-time knobs (:data:`ANSWER_KNOBS`) share one read
     of the context, answered with each variant's knobs (:meth:`ContextMemory.answer_config`).
     """
     encode = tokenizer_encoder(loaded.tokenizer)

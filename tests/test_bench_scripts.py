@@ -35,6 +35,8 @@ def test_bench_recall_takes_knob_settings_as_variants() -> None:
     assert got[0].oracle and (got[0].memory.question_topk, got[0].memory.question_shared) == (1, 5)
     assert got[0].memory.per_kv_head  # the rest of the default selection is kept
     assert got[1].memory.topk == 2 and not got[1].memory.per_kv_head and not got[1].oracle
+    facts = bench_recall.variants(preset("micro"), ["default+all-facts"])[0]
+    assert facts.all_facts and not facts.oracle and facts.memory == got[0].memory.replace(question_topk=4, question_shared=4)
     named = bench_recall.variants(preset("micro"), ["paper[block_score=bounds,question_shared=8]"])[0].memory
     assert (named.block_score, named.question_shared) == ("bounds", 8)
     with pytest.raises(SystemExit):

@@ -93,7 +93,7 @@ def test_the_all_facts_oracle_pins_the_distractors_too(recall_model, monkeypatch
     real = ContextMemory.pin_blocks
     monkeypatch.setattr(ContextMemory, "pin_blocks", lambda self, blocks: (pinned.append(list(blocks)), real(self, blocks))[1])
     default = with_selection(MICRO, "default")
-    variants = [Variant("oracle", "infllm", default, oracle=True), Variant("facts", "infllm", default, oracle=True, all_facts=True)]
+    variants = [Variant("oracle", "infllm", default, oracle=True), Variant("facts", "infllm", default, all_facts=True)]
     rows = exact(recall_model, variants, 1024, trials=1, task="multikey", depths=(0.5,))
     only, facts = pinned
     assert set(only) < set(facts) and len(facts) >= len(only) + 3  # three distractor facts, a block or two each

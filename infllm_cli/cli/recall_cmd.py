@@ -83,7 +83,7 @@ def recall_cmd(
         if oracle:
             variants.append(Variant(name + "+oracle", opts.attention, memory, oracle=True))
         if all_facts:
-            variants.append(Variant(name + "+all-facts", opts.attention, memory, oracle=True, all_facts=True))
+            variants.append(Variant(name + "+all-facts", opts.attention, memory, all_facts=True))
         total = len(tasks) * len(lengths) * len(depths) * trials * len(variants)
         try:
             with reporter.task("recall", total=total, unit="trials") as update:

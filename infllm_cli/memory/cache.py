@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from infllm_kernels.backend import Backend
 
-from ..config import ANSWER_KNOBS, MemoryConfig
+from ..config import ANSWER_KNOBS, MemoryConfig, reading_config
 from .layer_memory import LayerMemory
 from .ledger import AttentionLedger
 from .rope import RotaryTable
@@ -131,8 +131,7 @@ class ContextMemory(Cache):
         """Read questions inside the block with ``config``, which may differ from this memory's configuration
         only in the answer-time knobs (:data:`~infllm_cli.config.ANSWER_KNOBS`): one read of a document,
         answered with several question-aware settings (the recall benchmark compares them on one read)."""
-        same = {k: getattr(self.config, k) for k in ANSWER_KNOBS}
-        if config.replace(**same) != self.config:
+        if reading_config(config) != reading_config(self.config):
             changed = [k for k, v in config.to_dict().items() if k not in ANSWER_KNOBS and v != getattr(self.config, k)]
             raise ValueError(f"answer_config may change only {', '.join(ANSWER_KNOBS)}, not {', '.join(changed)}")
         previous = self.config
