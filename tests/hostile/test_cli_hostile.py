@@ -254,13 +254,30 @@ def _spawn(*args: object, **kwargs):
                             preexec_fn=_ctrl_c_as_from_a_terminal, **kwargs)
 
 
+def _wait_until_blocked(pid: int, timeout: float) -> None:
+    """Wait until process ``pid`` sleeps without using CPU for 1.5 s (blocked on a read), or ``timeout``."""
+    import time
+
+    deadline, last, still = time.monotonic() + timeout, None, 0
+    while time.monotonic() < deadline and still < 3:
+        time.sleep(0.5)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # no /proc, or the process has ended
+            return
+        cpu = (fields[0], int(fields[11]) + int(fields[12]))  # state, utime + stime
+        still = still + 1 if cpu == last and cpu[0] == "S" else 0
+        last = cpu
+
+
 def test_ctrl_c_while_reading_the_source_is_130_quietly(story: Path) -> None:
     import signal
     import subprocess
     import time
 
     proc = _spawn("ask", "-", "Who?", "-m", "no/such-model", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(4)  # the command waits for stdin
+    time.sleep(1)
+    _wait_until_blocked(proc.pid, timeout=90)  # the command waits for stdin (on a loaded machine, after seconds)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     proc.stdin.close() if proc.stdin else None
