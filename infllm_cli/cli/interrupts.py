@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator
 #: top-level packages whose import runs with Ctrl-C held back (see the module docstring)
 HELD = ("numpy", "torch", "triton")
 
-_holding: list[int] | None = None  # the signals received by the hold in force, if any
+_holding = False  # a hold is in force
 
 
 @contextlib.contextmanager
@@ -44,7 +44,7 @@ def holding_ctrl_c() -> Iterator[None]:
     changed), and where SIGINT is ignored or not handled by Python, the block runs as it is.
     """
     global _holding
-    if _holding is not None or threading.current_thread() is not threading.main_thread():
+    if _holding or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGINT)
@@ -53,7 +53,7 @@ def holding_ctrl_c() -> Iterator[None]:
         return
     received: list[int] = []
     signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    _holding = received
+    _holding = True
     failure: BaseException | None = None
     try:
         yield
@@ -62,7 +62,7 @@ def holding_ctrl_c() -> Iterator[None]:
             raise
         failure = exc  # the block failed while a Ctrl-C was waiting: the Ctrl-C is reported first
     finally:
-        _holding = None
+        _holding = False
         signal.signal(signal.SIGINT, previous)
     if received:
         previous(signal.SIGINT, None)

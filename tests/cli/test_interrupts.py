@@ -33,8 +33,6 @@ def hook() -> HoldCtrlC:
 
 
 def test_a_ctrl_c_in_a_held_block_is_raised_after_it_completes() -> None:
-    import os
-
     before = signal.getsignal(signal.SIGINT)
     done = []
     with pytest.raises(KeyboardInterrupt):
@@ -50,16 +48,12 @@ def test_a_held_block_without_ctrl_c_raises_its_own_errors() -> None:
 
 
 def test_a_ctrl_c_wins_over_the_error_of_the_block_it_interrupted() -> None:
-    import os
-
     with pytest.raises(KeyboardInterrupt), holding_ctrl_c():
         os.kill(os.getpid(), signal.SIGINT)
         raise ImportError("a half-done import failing after the Ctrl-C")
 
 
 def test_a_ctrl_c_is_delivered_to_the_handler_in_place() -> None:
-    import os
-
     seen: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
     try:
@@ -72,8 +66,6 @@ def test_a_ctrl_c_is_delivered_to_the_handler_in_place() -> None:
 
 
 def test_an_ignored_ctrl_c_stays_ignored() -> None:
-    import os
-
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with holding_ctrl_c():
@@ -154,11 +146,10 @@ sys.exit(0 if "triton.knobs" in sys.modules else 1)
 def _child(*args: str) -> "subprocess.CompletedProcess[bytes]":
     import subprocess
 
-    from tests.hostile.harness import REPO
+    from tests.hostile.harness import REPO, child_env, ctrl_c_as_from_a_terminal
 
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, timeout=120,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=child_env(), capture_output=True, timeout=120,
+                          preexec_fn=ctrl_c_as_from_a_terminal)
 
 
 def _libtriton_import_seconds() -> float:

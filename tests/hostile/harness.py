@@ -39,6 +39,21 @@ class Outcome:
         return self.stdout.decode("utf-8", "replace")
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment, offline, with the checkout first on the import path."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def ctrl_c_as_from_a_terminal() -> None:
+    """In a child, before it starts: SIGINT back to its default action. A test run started in the
+    background by a script (``cmd &`` without job control) inherits SIGINT *ignored*, and a Python started
+    with SIGINT ignored never raises KeyboardInterrupt, so the Ctrl-C tests would test nothing but that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _limits(memory_limit: int, close: tuple[int, ...] = ()) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -69,13 +84,7 @@ def run_cli(
     """
     import time
 
-    full_env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        **(env or {}),
-    }
+    full_env = {**child_env(), **(env or {})}
     for name in unset:
         full_env.pop(name, None)
     kwargs: dict = {}

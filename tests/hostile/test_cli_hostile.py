@@ -233,41 +233,34 @@ def test_piped_chat_commands_and_separators(tiny_chat_model_dir: Path, story: Pa
     assert "conversation forgotten" in err
 
 
-def _ctrl_c_as_from_a_terminal() -> None:
-    """In the child, before it starts: SIGINT back to its default action. A test run started in the
-    background by a script (``cmd &`` without job control) inherits SIGINT *ignored*, and a Python started
-    with SIGINT ignored never raises KeyboardInterrupt, so the Ctrl-C tests would test nothing but that."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _spawn(*args: object, **kwargs):
     import subprocess
     import sys
 
-    from tests.hostile.harness import REPO
+    from tests.hostile.harness import REPO, child_env, ctrl_c_as_from_a_terminal
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "infllm_cli", *map(str, args)], cwd=REPO, env=env,
-                            preexec_fn=_ctrl_c_as_from_a_terminal, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "infllm_cli", *map(str, args)], cwd=REPO, env=child_env(),
+                            preexec_fn=ctrl_c_as_from_a_terminal, **kwargs)
 
 
-def _wait_until_blocked(pid: int, timeout: float) -> None:
-    """Wait until process ``pid`` sleeps without using CPU for 1.5 s (blocked on a read), or ``timeout``."""
+def _wait_until_blocked(pid: int, timeout: float) -> bool:
+    """Wait until process ``pid`` sleeps without using CPU for 1.5 s (blocked on a read): True; False if
+    ``timeout`` passes first or the process ends."""
     import time
 
     deadline, last, still = time.monotonic() + timeout, None, 0
-    while time.monotonic() < deadline and still < 3:
+    while time.monotonic() < deadline:
         time.sleep(0.5)
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # no /proc, or the process has ended
-            return
+        except OSError:  # the process has ended
+            return False
         cpu = (fields[0], int(fields[11]) + int(fields[12]))  # state, utime + stime
         still = still + 1 if cpu == last and cpu[0] == "S" else 0
+        if still == 3:
+            return True
         last = cpu
+    return False
 
 
 def test_ctrl_c_while_reading_the_source_is_130_quietly(story: Path) -> None:
@@ -277,7 +270,8 @@ def test_ctrl_c_while_reading_the_source_is_130_quietly(story: Path) -> None:
 
     proc = _spawn("ask", "-", "Who?", "-m", "no/such-model", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1)
-    _wait_until_blocked(proc.pid, timeout=90)  # the command waits for stdin (on a loaded machine, after seconds)
+    # the command waits for stdin (on a loaded machine, after seconds of imports)
+    assert _wait_until_blocked(proc.pid, timeout=90), "the command never blocked on its stdin read"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     proc.stdin.close() if proc.stdin else None
