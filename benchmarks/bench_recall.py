@@ -1,7 +1,8 @@
 """Recall benchmark: the paper's block selection, each improvement, the default, streaming, dense and the
 oracle, on the same generated samples in one process; plus the prefill/decode cost of paper vs default.
 
-Usage (CPU, the recall test model committed in tests/models)::
+Usage (CPU; the recall test model committed in tests/models/recall-keys256, which tells facts of one phrasing
+apart by their key; ``--model tests/models/recall-byte256`` for the earlier tables)::
 
     python benchmarks/bench_recall.py --lengths 16K --trials 30 --threads 2
     python benchmarks/bench_recall.py --lengths 64K --trials 10 --tasks passkey multikey
@@ -30,7 +31,7 @@ from infllm_cli.recall import parse_length  # noqa: E402
 from infllm_cli.recall_eval import Variant, run_recall, summarize  # noqa: E402
 from infllm_cli.runner import Runner  # noqa: E402
 
-RECALL_MODEL = Path(__file__).resolve().parent.parent / "tests" / "models" / "recall-byte256"
+RECALL_MODEL = Path(__file__).resolve().parent.parent / "tests" / "models" / "recall-keys256"
 
 
 # each selection knob: its paper value and the value the improvement uses

@@ -18,6 +18,8 @@ Run::
     python benchmarks/train_recall_model.py --out tests/models/recall-byte256
     python benchmarks/train_recall_model.py --init tests/models/recall-byte256 --mix lines --steps-64 0 \
         --steps-256 1500 --lr 1e-3 --out tests/models/recall-lines256      # multi-line documents
+    python benchmarks/train_recall_model.py --init tests/models/recall-byte256 --mix keys --steps-64 0 \
+        --steps-256 1500 --lr 1e-3 --out tests/models/recall-keys256       # facts told apart by their key
 
 and commit the folder (safetensors weights, tokenizer, model card).
 """
@@ -165,6 +167,36 @@ def lines_row(rng: random.Random, length: int) -> str:
     return layout(rng, text[:cut]) + text[cut:]
 
 
+# -- the "keys" mix: several facts of one phrasing, told apart only by their key ---------------------
+def same_template_row(rng: random.Random, length: int) -> str:
+    """2-6 facts that share one phrasing (noun and form) and differ only in key and value, with filler and
+    "X is Y" decoys between them, then a question about one of them. In :func:`fact_row` each fact draws
+    its own phrasing, so the phrasing alone usually tells the asked fact from the others and the model
+    rarely has to match the key; here only the key does. Facts that do not fit before the question are
+    left out (never the asked one)."""
+    n_facts = rng.randint(2, 6)
+    keys = rng.sample(_NAMES, n_facts) if rng.random() < 0.6 else [
+        "".join(rng.choice(_ALNUM[:26] if rng.random() < 0.5 else _ALNUM) for _ in range(rng.randint(3, 6)))
+        for _ in range(n_facts)]
+    phrasing = rng.random()  # the same draws of noun and form for every fact of the row
+    facts = [(*fact(random.Random(phrasing), key, val), val) for key in keys for val in [value(rng)]]
+    asked = rng.randrange(n_facts)
+    _, prefix, val = facts[asked]
+    tail = filler(rng, rng.randint(0, 16)) + prefix + val + ". "
+    room = length - 1 - len(tail)  # BOS comes first
+    kept = list(range(n_facts))
+    while sum(len(facts[i][0]) for i in kept) > room:
+        kept.remove(max((i for i in kept if i != asked), key=lambda i: len(facts[i][0])))
+    text, left = "", sum(len(facts[i][0]) for i in kept)
+    for i in kept:
+        gap = filler(rng, rng.randint(0, length // 10)) + (decoy(rng) if rng.random() < 0.3 else "")
+        if len(text) + len(gap) + left > room:
+            gap = ""
+        text += gap + facts[i][0]
+        left -= len(facts[i][0])
+    return text + tail + filler(rng, length)
+
+
 def row(rng: random.Random, length: int) -> str:
     r = rng.random()
     text = copy_row(rng, length) if r < 0.4 else fact_row(rng, length) if r < 0.9 else filler(rng, length)
@@ -178,7 +210,12 @@ def encode(text: str) -> list[int]:
 def batch(rng: random.Random, size: int, length: int, mix: str = "plain") -> torch.Tensor:
     rows = []
     for _ in range(size):
-        text = lines_row(rng, length) if mix == "lines" and rng.random() < 0.75 else row(rng, length)
+        if mix == "lines" and rng.random() < 0.75:
+            text = lines_row(rng, length)
+        elif mix == "keys" and rng.random() < 0.5:
+            text = same_template_row(rng, length)
+        else:
+            text = row(rng, length)
         ids = [0] + encode(text)  # BOS first, as the tokenizer adds it
         rows.append(ids[:length])
     return torch.tensor(rows, dtype=torch.long)
@@ -243,6 +280,27 @@ def dense_passkey_accuracy(model, rng: random.Random, trials: int = 50, length: 
     return ok / trials
 
 
+def dense_multikey_accuracy(model, rng: random.Random, trials: int = 50, n_keys: int = 4, length: int = 250) -> float:
+    """Exact-match rate of the asked value among ``n_keys`` facts of one phrasing (5-digit values, random
+    places, full attention): can the model tell facts apart by their key alone?"""
+    ok = 0
+    for _ in range(trials):
+        phrasing = rng.random()
+        facts = [(*fact(random.Random(phrasing), key, val), val)
+                 for key in rng.sample(_NAMES, n_keys) for val in [str(rng.randrange(10000, 100000))]]
+        _, prefix, val = facts[rng.randrange(n_keys)]
+        body = max(0, length - len(prefix) - len(val) - sum(len(f[0]) for f in facts))
+        text, at = "", 0
+        for cut, (statement, _, _) in zip(sorted(rng.randint(0, body) for _ in facts), facts):
+            text += filler(rng, cut - at) + statement
+            at = cut
+        ids = torch.tensor([[0] + encode(text + filler(rng, body - at) + prefix + val)])
+        with torch.no_grad():
+            logits = model(ids).logits[0, -len(val) - 1 : -1]
+        ok += logits.argmax(-1).tolist() == ids[0, -len(val):].tolist()
+    return ok / trials
+
+
 def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr: float, threads: int,
           mix: str = "plain", init: Path | None = None) -> None:
     torch.set_num_threads(threads)
@@ -275,14 +333,16 @@ def train(out: Path, seed: int, steps64: int, steps256: int, batch_size: int, lr
     model.eval()
     acc = dense_passkey_accuracy(model, random.Random(seed + 1))
     acc_lines = dense_passkey_accuracy(model, random.Random(seed + 2), lines=True)
-    print(f"dense pass-key exact match at 250 bytes: {acc:.2f} (single line), {acc_lines:.2f} (in lines)", flush=True)
+    acc_keys = dense_multikey_accuracy(model, random.Random(seed + 3))
+    print(f"dense exact match at 250 bytes: pass key {acc:.2f} (single line), {acc_lines:.2f} (in lines); "
+          f"one of 4 keys of one phrasing {acc_keys:.2f}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     make_tokenizer().save_pretrained(out)
     (out / "training.json").write_text(json.dumps({
         "seed": seed, "steps_64": steps64, "steps_256": steps256, "batch_size": batch_size, "lr": lr,
         "threads": threads, "mix": mix, "init": None if init is None else init.name, "seconds": round(time.time() - start), "dense_passkey_250": acc,
-        "dense_passkey_250_lines": acc_lines,
+        "dense_passkey_250_lines": acc_lines, "dense_multikey4_250": acc_keys,
     }, indent=2) + "\n")
 
 
@@ -295,9 +355,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mix", choices=["plain", "lines"], default="plain",
+    p.add_argument("--mix", choices=["plain", "lines", "keys"], default="plain",
                    help="plain: single-line rows (recall-byte256); lines: 3 of 4 rows laid out in lines with "
-                        "file headers, code and 'X is Y' decoys (recall-lines256)")
+                        "file headers, code and 'X is Y' decoys (recall-lines256); keys: half the rows hold "
+                        "several facts of one phrasing that only their keys tell apart (recall-keys256)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from this trained model instead of random weights (fine-tuning)")
     a = p.parse_args()
