@@ -16,6 +16,16 @@ from infllm_cli.cli.interrupts import HoldCtrlC, holding_ctrl_c
 INTERRUPTED_MODULE = "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nDONE = sum(range(1000))\n"
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises_keyboard_interrupt():
+    """These tests send SIGINT to this very process and expect what a terminal's Ctrl-C does to Python: a
+    KeyboardInterrupt. A shell without job control starts ``pytest &`` with SIGINT ignored, and Python keeps
+    that, so install Python's own handler for each test and put back what was there."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.syspath_prepend(str(tmp_path))
