@@ -168,6 +168,12 @@ def lines_row(rng: random.Random, length: int) -> str:
 
 
 # -- the "keys" mix: several facts of one phrasing, told apart only by their key ---------------------
+def one_phrasing(phrasing: float, keys: list[str], values: list[str]) -> list[tuple[str, str, str]]:
+    """(statement, question prefix, value) for each key: every fact drawn with the same seed ``phrasing``,
+    so all of them share one noun and one form (see :func:`fact`)."""
+    return [(*fact(random.Random(phrasing), key, val), val) for key, val in zip(keys, values)]
+
+
 def same_template_row(rng: random.Random, length: int) -> str:
     """2-6 facts that share one phrasing (noun and form) and differ only in key and value, with filler and
     "X is Y" decoys between them, then a question about one of them. In :func:`fact_row` each fact draws
@@ -178,14 +184,13 @@ def same_template_row(rng: random.Random, length: int) -> str:
     keys = rng.sample(_NAMES, n_facts) if rng.random() < 0.6 else [
         "".join(rng.choice(_ALNUM[:26] if rng.random() < 0.5 else _ALNUM) for _ in range(rng.randint(3, 6)))
         for _ in range(n_facts)]
-    phrasing = rng.random()  # the same draws of noun and form for every fact of the row
-    facts = [(*fact(random.Random(phrasing), key, val), val) for key in keys for val in [value(rng)]]
+    facts = one_phrasing(rng.random(), keys, [value(rng) for _ in keys])
     asked = rng.randrange(n_facts)
     _, prefix, val = facts[asked]
     tail = filler(rng, rng.randint(0, 16)) + prefix + val + ". "
     room = length - 1 - len(tail)  # BOS comes first
     kept = list(range(n_facts))
-    while sum(len(facts[i][0]) for i in kept) > room:
+    while sum(len(facts[i][0]) for i in kept) > room and len(kept) > 1:  # short rows: the asked fact only
         kept.remove(max((i for i in kept if i != asked), key=lambda i: len(facts[i][0])))
     text, left = "", sum(len(facts[i][0]) for i in kept)
     for i in kept:
@@ -261,6 +266,16 @@ def build_model(seed: int):
     return transformers.LlamaForCausalLM(config)
 
 
+def continues(model, text: str, answer: str) -> bool:
+    """Whether the model, with full attention over BOS + ``text``, predicts every byte of ``answer``
+    (teacher-forced argmax)."""
+    ids = torch.tensor([[0] + encode(text + answer)])
+    n = len(encode(answer))
+    with torch.no_grad():
+        logits = model(ids).logits[0, -n - 1 : -1]
+    return logits.argmax(-1).tolist() == ids[0, -n:].tolist()
+
+
 def dense_passkey_accuracy(model, rng: random.Random, trials: int = 50, length: int = 250,
                            lines: bool = False) -> float:
     """Exact-match rate of a 5-digit key at random depth in a sequence of ``length`` bytes (full attention);
@@ -273,10 +288,7 @@ def dense_passkey_accuracy(model, rng: random.Random, trials: int = 50, length: 
         d = rng.randint(0, body)
         text = filler(rng, d) + f"The pass key is {key}. Remember it. " + filler(rng, body - d)
         text = (layout(rng, text) + "\n" if lines else text) + q
-        ids = torch.tensor([[0] + encode(text + key)])
-        with torch.no_grad():
-            logits = model(ids).logits[0, -6:-1]
-        ok += logits.argmax(-1).tolist() == ids[0, -5:].tolist()
+        ok += continues(model, text, key)
     return ok / trials
 
 
@@ -285,19 +297,15 @@ def dense_multikey_accuracy(model, rng: random.Random, trials: int = 50, n_keys:
     places, full attention): can the model tell facts apart by their key alone?"""
     ok = 0
     for _ in range(trials):
-        phrasing = rng.random()
-        facts = [(*fact(random.Random(phrasing), key, val), val)
-                 for key in rng.sample(_NAMES, n_keys) for val in [str(rng.randrange(10000, 100000))]]
+        phrasing, keys = rng.random(), rng.sample(_NAMES, n_keys)
+        facts = one_phrasing(phrasing, keys, [str(rng.randrange(10000, 100000)) for _ in keys])
         _, prefix, val = facts[rng.randrange(n_keys)]
         body = max(0, length - len(prefix) - len(val) - sum(len(f[0]) for f in facts))
         text, at = "", 0
         for cut, (statement, _, _) in zip(sorted(rng.randint(0, body) for _ in facts), facts):
             text += filler(rng, cut - at) + statement
             at = cut
-        ids = torch.tensor([[0] + encode(text + filler(rng, body - at) + prefix + val)])
-        with torch.no_grad():
-            logits = model(ids).logits[0, -len(val) - 1 : -1]
-        ok += logits.argmax(-1).tolist() == ids[0, -len(val):].tolist()
+        ok += continues(model, text + filler(rng, body - at) + prefix, val)
     return ok / trials
 
 

@@ -160,6 +160,7 @@ def test_training_script_fine_tunes_deterministically(tmp_path, recall_model):
     # the keys mix: several facts of one phrasing, one of them asked and answered, inside the 256 bytes
     assert all(_one_phrasing(train_mod.same_template_row(random.Random(i), 256)[:255]) for i in range(40))
     assert sum(_one_phrasing(train_mod.fact_row(random.Random(i), 256)[:255]) for i in range(40)) <= 4  # plain mix
+    assert all(train_mod.same_template_row(random.Random(i), 64) for i in range(100))  # 64-byte steps: no room
     outs = []
     for name in ("a", "b"):
         out = tmp_path / name
