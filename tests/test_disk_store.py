@@ -36,6 +36,8 @@ def test_disk_blocks_round_trip_ragged_reads(tmp_path: Path, dtype: torch.dtype)
     order = [5, 6, 7, 96, 0, 1, 50, 50, 3]  # runs, repeats, out of order
     k, v = disk.read(order)
     assert torch.equal(k, keys[order]) and torch.equal(v, values[order])
+    k, none = disk.read(order, values=False)  # keys only
+    assert torch.equal(k, keys[order]) and none is None
     disk.truncate(40)
     with pytest.raises(IndexError):
         disk.read([40])

@@ -117,7 +117,7 @@ def test_offloaded_store_matches_device_store(selection):
     b = feed_random(offloaded, 200, seed=4)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     # the device cache grows only when one chunk's selection (all KV heads together) needs more slots
-    pins = (config.question_topk + config.question_shared) * (1 + 2 * config.question_neighbors)
+    pins = config.question_pins * (1 + 2 * config.question_neighbors)
     per_head = (config.topk + pins) * (1 + 2 * config.neighbors)  # top-k, pins, neighbours
     assert len(offloaded.store._slot_of) <= max(3, 2 * per_head)
     if selection == "paper":
@@ -155,6 +155,33 @@ def test_bounds_are_head_major_and_survive_growth_and_a_shared_load():
         assert torch.equal(loaded.bounds[37], want[0]) and torch.equal(loaded.bounds[:37], want)
 
 
+@pytest.mark.parametrize("kind", ["device", "offload", "disk", "loaded base + tail"])
+def test_keys_of_reads_each_heads_blocks_wherever_they_are_stored(kind: str) -> None:
+    """``keys_of`` (the question's exact re-weighing reads candidates' keys with it) gives every KV head the
+    keys of its own blocks, in order, repeats included, from the device store, host memory, the disk files,
+    or a loaded memory's read-only base with blocks appended after it."""
+    gen = torch.Generator().manual_seed(5)
+    keys = torch.randn((23, 3, 8, 4), generator=gen)
+
+    def fresh() -> BlockStore:
+        return BlockStore(3, 4, 8, 2, first_token=0, device=torch.device("cpu"), dtype=torch.float32,
+                          offload=kind == "offload", disk=kind == "disk", name="keys_of")
+
+    store = fresh()
+    if kind == "loaded base + tail":
+        base = fresh()
+        base.append(keys[:15], -keys[:15], keys[:15, :, :2])
+        store.load_state_dict(base.state_dict(), share=True)
+        store.append(keys[15:], -keys[15:], keys[15:, :, :2])
+        assert store.n_base == 15
+    else:
+        store.append(keys, -keys, keys[:, :, :2])
+    blocks = torch.tensor([[0, 22, 3, 3], [16, 14, 15, 1], [7, 8, 21, 0]])
+    got = store.keys_of(blocks)
+    want = keys[blocks, torch.arange(3)[:, None]]
+    assert got.shape == (3, 4, 8, 4) and torch.equal(got, want)
+
+
 def test_blocks_of_matches_the_block_spans():
     config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5, chunk_size=5)
     rope = RotaryTable(IdentityRotary(), config.max_window + 1, torch.device("cpu"))
@@ -183,7 +210,7 @@ def test_answer_config_changes_only_the_answer_knobs_and_is_undone():
     config = MemoryConfig(n_init=3, n_local=20, block_size=8, topk=2, repr_topk=2, exc_block_size=5, chunk_size=5)
     rope = RotaryTable(IdentityRotary(), config.max_window + 1, torch.device("cpu"))
     memory = ContextMemory(config, 2, 2, 16, rope, TORCH, torch.device("cpu"), torch.float32)
-    other = config.replace(question_topk=9, question_shared=0, question_neighbors=2)
+    other = config.replace(question_topk=9, question_shared=0, question_neighbors=2, question_exact=3, question_rescore=64)
     with memory.answer_config(other):
         assert memory.config is other
         assert all(m.config is other and m.selector.config is other for m in memory.memories)

@@ -239,6 +239,24 @@ class BlockStore:
             return self._base_k[b], self._base_v[b]
         return self.keys[b - self.n_base], self.values[b - self.n_base]
 
+    def keys_of(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Every key of the blocks ``blocks`` [Hkv, M] (row ``h`` names KV head ``h``'s blocks), read from where
+        they are stored (device, host memory, a loaded base or the disk files): [Hkv, M, bs, D] on the compute
+        device. Without a disk or a loaded base this is one gather where the keys are (no host
+        synchronisation); otherwise each distinct block is read once."""
+        if self._disk is None and self.n_base == 0:
+            heads = torch.arange(blocks.shape[0], device=self.keys.device)[:, None]
+            return self.keys[blocks.to(self.keys.device), heads].to(self.device)
+        wanted, inverse = torch.unique(blocks.cpu().long(), return_inverse=True)
+        if self._disk is not None:
+            k = self._disk.read(wanted.tolist(), values=False)[0]
+        else:
+            in_base, in_tail = wanted[wanted < self.n_base], wanted[wanted >= self.n_base] - self.n_base
+            k = torch.cat([self._base_k.index_select(0, in_base).to(self.storage),
+                           self.keys.index_select(0, in_tail.to(self.keys.device))])
+        heads = torch.arange(blocks.shape[0])[:, None]
+        return k.to(self.device)[inverse.to(self.device), heads.to(self.device)]
+
     def _gather(self, block_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The selected blocks copied out of base and tail into one compact tensor, and indices into it."""
         wanted = torch.unique(block_idx[block_idx >= 0].cpu())

@@ -101,12 +101,13 @@ class DiskBlocks:
                 raise OSError(f"disk store: short write to {self.path} ({written} of {len(data)} bytes; disk full?)")
         self.n_blocks += keys.shape[0]
 
-    def read(self, blocks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[len(blocks), Hkv, bs, D]`` of the given blocks, in that order (on the CPU)."""
+    def read(self, blocks: list[int], values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Keys and values ``[len(blocks), Hkv, bs, D]`` of the given blocks, in that order (on the CPU); the
+        values are None when ``values`` is False (only the keys are read)."""
         n = len(blocks)
         k = torch.empty((n, *self.shape), dtype=self.dtype)
-        v = torch.empty_like(k)
-        for out in (k, v):
+        v = torch.empty_like(k) if values else None
+        for out in (k, v) if values else (k,):
             fd = self._fds[0 if out is k else 1]
             buf = _bytes_of(out)
             i = 0
