@@ -46,6 +46,7 @@ KNOBS = {
     "question-shared": ("question_shared", 0, SELECTIONS["default"]["question_shared"]),
     "neighbors": ("neighbors", 0, 1),
     "rescore": ("rescore", 0, 32),
+    "question-exact": ("question_exact", 0, 2),
 }
 
 

@@ -9,6 +9,7 @@ the planted page / file / line. About 35 s for the 27 trials of three seeds on a
     python benchmarks/cite_trials.py                                   # tests/models/recall-lines256
     python benchmarks/cite_trials.py --model tests/models/recall-byte256 --kinds pdf
     python benchmarks/cite_trials.py --oracle            # the fact's blocks pinned: the selection's ceiling
+    python benchmarks/cite_trials.py --knobs question_topk=0,question_shared=2   # the default with other knobs
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import tests.test_citations as citations  # noqa: E402
+from benchmarks.bench_recall import knob_values  # noqa: E402
 from infllm_cli.models import load_model  # noqa: E402
 from tests.test_citations import PLANTS, ask_with_sources, is_planted_place  # noqa: E402
 
@@ -40,7 +43,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--oracle", action="store_true",
                    help="pin the blocks holding the fact instead of ranking the question's (the selection's ceiling)")
+    p.add_argument("--knobs", default="", metavar="NAME=VALUE,...",
+                   help="selection knobs changed from the default's, e.g. question_topk=0,question_shared=2")
     a = p.parse_args()
+    citations.MICRO = citations.MICRO.replace(**knob_values(a.knobs))
     loaded = load_model(a.model, device="cpu", dtype="float32")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +58,7 @@ def main() -> None:
                     n, right, hits = n + 1, right + ok, hits + hit
                     print(f"{kind:5} seed {seed} at {position:3}: right={ok!s:5} top={hit!s:5} {shown}", flush=True)
             rows.append((kind, n, right, hits))
-    print(f"\nmodel {a.model}{', oracle selection (the fact pinned)' if a.oracle else ''}")
+    print(f"\nmodel {a.model}{', oracle selection (the fact pinned)' if a.oracle else ''}, knobs {citations.MICRO.selection}")
     print("| document | trials | answer right | top source = planted place |")
     print("|---|---:|---:|---:|")
     for kind, n, right, hits in rows:

@@ -89,7 +89,7 @@ def activation_bytes(memory: MemoryConfig, shape: ModelShape, attention: str, to
     keys = min(tokens, memory.max_window)  # the window
     if attention == "infllm" and tokens > memory.n_init + memory.n_local:  # plus initial tokens and retrieved blocks
         # the question's blocks and those every layer and KV head shares, widened
-        pinned = (memory.question_topk + memory.question_shared) * (1 + 2 * memory.question_neighbors)
+        pinned = memory.question_pins * (1 + 2 * memory.question_neighbors)
         keys += memory.n_init + memory.block_size * (memory.topk + pinned) * (1 + 2 * memory.neighbors)
     # scores and probabilities (in place) in float32, the gathered memory keys/values, the output
     scores = int(1.2 * h * exc * keys * 4) + 2 * kv * keys * d * 4

@@ -43,8 +43,16 @@ the best combination the recall benchmark found (named ``default``):
                        and summed; widened by ``question_neighbors``): a block the heads that match the
                        question find is read by the heads that copy from it too
 ``rescore``            re-rank exactly: the ``rescore`` best blocks by ``block_score`` are scored again
-                       with every key they hold (best ``q . k``; for the question, the log-sum-exp of its
-                       keys' scores) and the ``topk`` (``question_topk``) best of those are read; 0: off
+                       with every key they hold (best ``q . k``) and the ``topk`` best of those are read;
+                       0: off
+``question_exact``     also pin, in every layer and KV head, the ``question_exact`` blocks the question's
+                       *exact* attention favours over all layers and KV heads (pooled as for
+                       ``question_shared``, widened by ``question_neighbors``): each layer's
+                       ``question_rescore`` best blocks per KV head by ``block_score`` are weighed with
+                       every key they hold (the share of the question's attention each really draws among
+                       them); this tells apart facts of one phrasing by the name the question asks for
+``question_rescore``   how many candidate blocks per KV head ``question_exact`` weighs exactly (256; at
+                       least 1 when ``question_exact`` is on; unused when it is off)
 =====================  ==================================================================================
 """
 
@@ -80,11 +88,13 @@ MEMORY_LIMITS: dict[str, tuple[int, int]] = {
     "question_neighbors": (0, 8),
     "question_shared": (0, 64),
     "rescore": (0, 4_096),
+    "question_exact": (0, 64),
+    "question_rescore": (0, 65_536),
 }
 
 #: Knobs used only when a question is read (question-aware retrieval): what is stored while reading a
 #: document does not depend on them, so one read can be answered with any of their values.
-ANSWER_KNOBS = ("question_topk", "question_neighbors", "question_shared")
+ANSWER_KNOBS = ("question_topk", "question_neighbors", "question_shared", "question_exact", "question_rescore")
 
 #: Most tokens one answer may generate (``--max-new-tokens``).
 MAX_NEW_TOKENS = 131_072
@@ -124,6 +134,8 @@ class MemoryConfig:
     question_neighbors: int = 1
     question_shared: int = 4
     rescore: int = 0
+    question_exact: int = 0
+    question_rescore: int = 256
 
     def __post_init__(self) -> None:
         for name, (low, high) in MEMORY_LIMITS.items():
@@ -137,6 +149,11 @@ class MemoryConfig:
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.topk > 0 and self.repr_topk < 1 and self.block_score != "bounds":
             raise ConfigError("repr_topk must be at least 1 when topk > 0 (blocks are scored through their representative keys)")
+        if self.question_exact > 0 and self.question_rescore < 1:
+            raise ConfigError(
+                f"question_exact ({self.question_exact}) weighs candidate blocks exactly: set question_rescore to how many "
+                "per KV head (e.g. --question-rescore 256)"
+            )
         if self.repr_topk > self.block_size:
             raise ConfigError(
                 f"repr_topk ({self.repr_topk}) cannot exceed block_size ({self.block_size}): "
@@ -166,6 +183,11 @@ class MemoryConfig:
         return {name: getattr(self, name) for name in SELECTIONS["paper"]}
 
     @property
+    def question_pins(self) -> int:
+        """Blocks a question pins per KV head before ``question_neighbors`` (0: questions are read once)."""
+        return self.question_topk + self.question_shared + self.question_exact
+
+    @property
     def memory_distance(self) -> int:
         """Relative position at which every memory token (initial tokens, retrieved blocks) is seen."""
         return self.n_local
@@ -181,9 +203,9 @@ class MemoryConfig:
 SELECTIONS: dict[str, dict[str, Any]] = {
     # Xiao et al.: the chunk's mean query against the sum of each block's representative keys, one ranking
     # summed over all heads, no neighbours, no question-aware blocks.
-    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "question_neighbors": 0, "question_shared": 0, "rescore": 0},
+    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "question_neighbors": 0, "question_shared": 0, "rescore": 0, "question_exact": 0, "question_rescore": 256},
     # the best combination on the recall benchmark (docs/retrieval.md)
-    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "question_shared": 4, "rescore": 0},
+    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "question_shared": 4, "rescore": 0, "question_exact": 0, "question_rescore": 256},
 }
 
 

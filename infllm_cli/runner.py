@@ -205,8 +205,8 @@ class Runner:
     def read_question(self, prompt_tokens: Sequence[int], pinned_blocks: Sequence[int] | None = None) -> None:
         """Feed a question (or any prompt the answer follows).
 
-        With the context memory, the prompt starts a query chunk of its own, and when ``question_topk`` or
-        ``question_shared`` is above 0 it is read twice: first to rank the memory blocks by its queries (the
+        With the context memory, the prompt starts a query chunk of its own, and when ``question_topk``,
+        ``question_shared`` or ``question_exact`` is above 0 it is read twice: first to rank the memory blocks by its queries (the
         state is then restored), then again with the best blocks pinned, so that the prompt's tokens and
         every answer token read them beside their own retrieval. ``pinned_blocks`` pins those blocks instead
         of ranking (an oracle). The pins last until the next :meth:`restore` / :meth:`reset`.
@@ -216,7 +216,7 @@ class Runner:
             cache.align_chunks()
             if pinned_blocks is not None:
                 cache.pin_blocks(list(pinned_blocks))
-            elif (cache.config.question_topk > 0 or cache.config.question_shared > 0) and cache.n_blocks > 0:
+            elif cache.config.question_pins and cache.n_blocks > 0:
                 before = self.snapshot()
                 with cache.ranking_question():
                     for chunk in self.chunks(prompt_tokens):

@@ -39,12 +39,27 @@ def test_bench_recall_takes_knob_settings_as_variants() -> None:
     assert facts.all_facts and not facts.oracle and facts.memory == got[0].memory.replace(question_topk=4, question_shared=4)
     named = bench_recall.variants(preset("micro"), ["paper[block_score=bounds,question_shared=8]"])[0].memory
     assert (named.block_score, named.question_shared) == ("bounds", 8)
+    exact = bench_recall.variants(preset("micro"), ["paper+question-exact"])[0].memory
+    assert (exact.question_exact, exact.question_rescore, exact.question_shared) == (2, 256, 0)
     with pytest.raises(SystemExit):
         bench_recall.knob_values("per_kv_head=yes")
     with pytest.raises(SystemExit, match="bad knob setting"):
         bench_recall.variants(preset("micro"), ["default[question_topk=x]"])
     with pytest.raises(SystemExit, match="bad knob setting"):
         bench_recall.variants(preset("micro"), ["default[no_such_knob=1]"])
+
+
+def test_cite_trials_runs_the_default_with_the_knobs_it_is_given(tmp_path: Path) -> None:
+    """``--knobs`` changes the selection the trials ask with (and says so); a bad setting is refused."""
+    model = Path(__file__).resolve().parent / "models" / "recall-lines256"
+    cmd = [sys.executable, str(BENCH / "cite_trials.py"), "--model", str(model), "--kinds", "lines", "--seeds", "1"]
+    out = subprocess.run(cmd + ["--knobs", "question_exact=1,question_rescore=8"], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "'question_exact': 1" in out.stdout and "'question_rescore': 8" in out.stdout
+    assert [line.split("|")[2].strip() for line in out.stdout.splitlines() if line.startswith("| lines")] == ["3"]
+    bad = subprocess.run(cmd + ["--knobs", "question_exact=x"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert bad.returncode != 0 and "bad knob setting" in bad.stderr
 
 
 def test_benchmark_models_take_the_shape_they_are_given(tmp_path: Path) -> None:

@@ -42,6 +42,9 @@ def test_block_store_grows_linearly_and_the_rest_is_bounded() -> None:
     acts = [predict(1_000_000, PAPER.replace(question_topk=4, question_neighbors=1, question_shared=s), "infllm", SHAPE, "cuda")
             .device_parts["activations"] for s in (0, 2, 4)]
     assert acts[0] < acts[1] < acts[2] and acts[2] - acts[1] == pytest.approx(acts[1] - acts[0], abs=2)
+    exact = predict(1_000_000, PAPER.replace(question_topk=4, question_neighbors=1, question_shared=2, question_exact=2), "infllm",
+                    SHAPE, "cuda").device_parts["activations"]
+    assert exact == pytest.approx(acts[2], abs=2)  # two exact blocks cost what two more shared ones do
 
 
 def test_offload_moves_keys_and_values_to_the_host() -> None:

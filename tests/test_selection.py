@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from infllm_cli.config import SELECTIONS, ConfigError, MemoryConfig, with_selection
-from infllm_cli.memory.selection import (BlockSelector, block_keys, exact_mass, exact_scores, pooled_question_blocks,
+from infllm_cli.memory.selection import (BlockSelector, exact_mass, exact_scores, pooled_question_blocks,
                                          widen_and_dedupe)
 from infllm_kernels.backend import TORCH
 from tests.test_memory import make_layer
@@ -106,7 +106,7 @@ def test_exact_scores_are_the_representative_score_over_every_key():
     q = torch.randn(6, 5, 16, generator=g)  # 3 query heads per KV head
     store = keyed_store(keys)
     cand = torch.tensor([[0, 4, 12], [7, 4, 1]])
-    got = exact_scores(q, block_keys(store, cand))
+    got = exact_scores(q, store.keys_of(cand))
     full = block_scores_ref(q, keys, 13, per_kv_head=True)  # [Hkv, n]: every key is a representative
     torch.testing.assert_close(got, torch.gather(full, 1, cand), rtol=1e-5, atol=1e-5)
 
@@ -119,6 +119,17 @@ def test_exact_mass_is_the_dense_attention_probability_summed_per_block():
     p = torch.softmax(torch.einsum("gld,nd->gln", q[0], keys[:, 0].reshape(20, 8)) * 0.7, dim=-1)  # dense
     want = p.view(2, 3, 5, 4).sum(dim=(0, 1, 3))
     torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_mass_in_slices_of_the_question_is_the_same():
+    """A question read in slices that fit the score budget gets the mass it gets in one piece."""
+    g = torch.Generator().manual_seed(6)
+    keys = torch.randn(2, 9, 5, 8, generator=g)  # [Hkv, M, bs, D]
+    q = torch.randn(2, 3, 7, 8, generator=g)  # [Hkv, G, Lq, D]: 21 rows per KV head
+    whole = exact_mass(q, keys, scale=0.5)
+    for budget in (1, 2 * 9 * 5, 2 * 9 * 5 * 4 + 1):  # one row at a time, a few rows, a ragged last slice
+        torch.testing.assert_close(exact_mass(q, keys, scale=0.5, budget=budget), whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(whole.sum(dim=1), torch.full((2,), 21.0), rtol=1e-6, atol=1e-6)  # one unit per row
 
 
 def test_rescore_finds_the_block_whose_single_key_matches_where_bounds_add_up_two_keys():
@@ -139,13 +150,14 @@ def test_rescore_finds_the_block_whose_single_key_matches_where_bounds_add_up_tw
     assert BlockSelector(base.replace(rescore=3), TORCH, 1).select(q, store).tolist() == [[4]]
     shared = BlockSelector(base.replace(rescore=3, per_kv_head=False), TORCH, 1)
     assert shared.select(q, store).tolist() == [[4]]
-    # the question's mass follows the real attention too
-    plain = BlockSelector(base, TORCH, 1)
-    assert plain.question_blocks(plain.question_mass(q, store, 4.0)).tolist() == [[2]]
-    exact = BlockSelector(base.replace(rescore=3), TORCH, 1)
-    mass = exact.question_mass(q, store, 4.0)
-    assert exact.question_blocks(mass).tolist() == [[4]]
-    assert int((mass > 0).sum()) == 3  # only the candidates carry mass
+    # the question: its mass by the bounds prefers block 2, its exactly weighed mass block 4
+    sel = BlockSelector(base.replace(question_exact=1, question_rescore=3), TORCH, 1)
+    mass = sel.question_mass(q, store, 4.0)
+    assert sel.question_blocks(mass).tolist() == [[2]]
+    exact = sel.exact_question_mass(q, store, 4.0, mass)
+    assert int(exact.argmax()) == 4
+    assert int((exact > 0).sum()) == 3  # only the 3 candidates (the bounds' best) carry mass
+    torch.testing.assert_close(exact.sum(), torch.tensor(1.0))  # one query row: one unit of attention
 
 
 def test_question_mass_favours_the_block_many_question_tokens_point_to():
@@ -234,6 +246,45 @@ def test_question_shared_pins_the_pooled_blocks_in_every_layer(tiny_llama_dir, m
     runner.feed([3 + (7 * i) % 250 for i in range(400)])
     runner.read_question([5, 6, 7, 8])
     assert not pooled and all(m.pinned.shape[1] == 1 for m in runner.cache.memories)
+
+
+def test_question_exact_pins_the_blocks_the_exact_weight_favours_beside_the_shared_ones(tiny_llama_dir, monkeypatch):
+    """Through the runner: ``question_exact`` pools the exactly weighed masses (every layer's, candidates from
+    its own bounds mass) and pins their best blocks in every layer and KV head, beside the ``question_shared``
+    blocks pooled from the bounds; off, no key is read for the question."""
+    import infllm_cli.memory.cache as cache_module
+    from infllm_cli.memory.block_store import BlockStore
+    from infllm_cli.models import load_model
+    from infllm_cli.runner import Runner
+
+    pooled = []
+    real = cache_module.pooled_question_blocks
+    monkeypatch.setattr(cache_module, "pooled_question_blocks", lambda masses, k: pooled.append((masses, real(masses, k))) or pooled[-1][1])
+    reads = []
+    real_keys_of = BlockStore.keys_of
+    monkeypatch.setattr(BlockStore, "keys_of", lambda self, blocks: reads.append(blocks.shape) or real_keys_of(self, blocks))
+    config = MemoryConfig(n_init=4, n_local=64, block_size=16, topk=2, repr_topk=2, exc_block_size=32, chunk_size=32,
+                          question_topk=0, question_neighbors=0, question_shared=1, question_exact=2, question_rescore=5)
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    doc = [3 + (7 * i) % 250 for i in range(400)]
+    runner = Runner(loaded, config, backend="torch")
+    runner.feed(doc)
+    runner.read_question([5, 6, 7, 8])
+    (bounds_masses, shared), (exact_masses, exact) = pooled
+    assert len(shared) == 1 and len(exact) == 2
+    n_layers = len(runner.cache.memories)
+    assert len(exact_masses) == n_layers and all(int((m > 0).sum(dim=1).max()) <= 5 for m in exact_masses)
+    assert all(shape[1] == 5 for shape in reads) and len(reads) == n_layers  # 5 candidates per head, one chunk
+    for m in runner.cache.memories:
+        for row in m.pinned.tolist():
+            assert set(shared.tolist()) | set(exact.tolist()) == {b for b in row if b >= 0}
+    pooled.clear(), reads.clear()
+    runner = Runner(loaded, config.replace(question_exact=0), backend="torch")
+    runner.feed(doc)
+    runner.read_question([5, 6, 7, 8])
+    assert len(pooled) == 1 and not reads
+    with pytest.raises(ConfigError, match="question_rescore"):
+        config.replace(question_rescore=0)
 
 
 def test_question_blocks_are_pinned_for_the_answer_and_cleared_by_restore():

@@ -81,6 +81,8 @@ class Options:
     question_neighbors: Optional[int] = None
     question_shared: Optional[int] = None
     rescore: Optional[int] = None
+    question_exact: Optional[int] = None
+    question_rescore: Optional[int] = None
     # generation
     max_new_tokens: Optional[int] = None  # None: DEFAULT_MAX_NEW_TOKENS, or the command's own default
     temperature: float = 0.0
@@ -127,6 +129,8 @@ class Options:
             question_neighbors=self.question_neighbors,
             question_shared=self.question_shared,
             rescore=self.rescore,
+            question_exact=self.question_exact,
+            question_rescore=self.question_rescore,
             n_init=self.n_init,
             n_local=self.n_local,
             block_size=self.block_size,
@@ -234,6 +238,8 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("question_neighbors", Optional[int], typer.Option("--question-neighbors", metavar="N", help="Also keep N blocks on each side of every block the question picked (0: off).", min=MEMORY_LIMITS["question_neighbors"][0], max=MEMORY_LIMITS["question_neighbors"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("question_shared", Optional[int], typer.Option("--question-shared", metavar="N", help="Also keep, in every layer and KV head, the N blocks the question favours over all layers and heads (0: off).", min=MEMORY_LIMITS["question_shared"][0], max=MEMORY_LIMITS["question_shared"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("rescore", Optional[int], typer.Option("--rescore", metavar="M", help="Re-rank the M best blocks per KV head with every key they hold (0: off).", min=MEMORY_LIMITS["rescore"][0], max=MEMORY_LIMITS["rescore"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("question_exact", Optional[int], typer.Option("--question-exact", metavar="N", help="Also keep, in every layer and KV head, the N blocks the question's attention favours when weighed with every key (0: off).", min=MEMORY_LIMITS["question_exact"][0], max=MEMORY_LIMITS["question_exact"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("question_rescore", Optional[int], typer.Option("--question-rescore", metavar="M", help="Candidate blocks per KV head that --question-exact weighs with every key (default 256).", min=MEMORY_LIMITS["question_rescore"][0], max=MEMORY_LIMITS["question_rescore"][1], rich_help_panel=P_MEMORY, show_default=False)),
     ],
     "generation": [
         ("max_new_tokens", Optional[int], typer.Option("--max-new-tokens", metavar="N", help=f"Most tokens to generate per answer (default {DEFAULT_MAX_NEW_TOKENS}; {BRIEF_MAX_NEW_TOKENS} for summarize --style brief). An answer cut at this limit gets a warning on stderr and \"truncated\": true in --json.", min=0, max=MAX_NEW_TOKENS, rich_help_panel=P_GEN, show_default=False)),

@@ -178,11 +178,14 @@ class ContextMemory(Cache):
 
     def _shared_question_blocks(self) -> torch.Tensor | None:
         """[S] the ``question_shared`` blocks the question's attention favours over all layers and KV heads
-        (see :func:`~infllm_cli.memory.selection.pooled_question_blocks`), or None when off."""
-        masses = [m.question_scores for m in self.memories if m.question_scores is not None and m.keep_blocks]
-        if self.config.question_shared <= 0 or not masses:
-            return None
-        return pooled_question_blocks(masses, self.config.question_shared)
+        and the ``question_exact`` ones its exactly weighed attention favours (see
+        :func:`~infllm_cli.memory.selection.pooled_question_blocks`; a block in both lists is pinned once),
+        or None when both are off."""
+        kept = [m for m in self.memories if m.question_scores is not None and m.keep_blocks]
+        picks = [pooled_question_blocks([getattr(m, name) for m in kept], k)
+                 for name, k in (("question_scores", self.config.question_shared),
+                                 ("question_exact_scores", self.config.question_exact)) if k > 0 and kept]
+        return torch.cat(picks) if picks else None
 
     def pin_question_blocks(self) -> None:
         """Pin the blocks found by the last :meth:`ranking_question`."""

@@ -86,6 +86,7 @@ class LayerMemory:
         self.selector = BlockSelector(config, backend, n_kv_heads)
         self.pinned: torch.Tensor | None = None  # [Hkv, P] blocks every chunk reads (question / oracle)
         self.question_scores: torch.Tensor | None = None  # [Hkv, n] question mass per block
+        self.question_exact_scores: torch.Tensor | None = None  # [Hkv, n] the same, weighed exactly
         self.scale = 1.0  # the attention's softmax scale, from the last attend()
         self.probe: Probe | None = None
         self.ledger: Any = None  # AttentionLedger while citing
@@ -178,10 +179,10 @@ class LayerMemory:
 
     def _rank_question(self, q_mem: torch.Tensor) -> None:
         mass = self.selector.question_mass(q_mem, self.store, self.scale)
-        old = self.question_scores
-        if old.shape[1] < mass.shape[1]:  # blocks evicted while the question is read
-            old = torch.nn.functional.pad(old, (0, mass.shape[1] - old.shape[1]))
-        self.question_scores = old + mass
+        self.question_scores = _accumulate(self.question_scores, mass)
+        if self.config.question_exact > 0:
+            exact = self.selector.exact_question_mass(q_mem, self.store, self.scale, mass)
+            self.question_exact_scores = _accumulate(self.question_exact_scores, exact)
 
     # -- answer-time selection control -----------------------------------------------------------------
 
@@ -192,11 +193,12 @@ class LayerMemory:
     def begin_question(self) -> None:
         """Rank blocks by the queries of the tokens read from now on (see :meth:`end_question`)."""
         self.question_scores = torch.zeros((self.k_raw.shape[0], 0), device=self.k_raw.device)
+        self.question_exact_scores = torch.zeros_like(self.question_scores)
 
     def end_question(self, shared: torch.Tensor | None = None) -> torch.Tensor:
         """Stop ranking; the ``question_topk`` best blocks per KV head and the ``shared`` blocks [S] (other
         layers' best, see :meth:`ContextMemory.ranking_question`), widened: [Hkv, P]."""
-        scores, self.question_scores = self.question_scores, None
+        scores, self.question_scores, self.question_exact_scores = self.question_scores, None, None
         if scores is None or not self.keep_blocks:
             return torch.zeros((self.k_raw.shape[0], 0), dtype=torch.long, device=self.k_raw.device)
         return self.selector.question_blocks(scores, shared)
@@ -257,7 +259,7 @@ class LayerMemory:
         self.local_start = state["local_start"]
         self.chunk_origin = state.get("chunk_origin", 0)
         self.pinned = None
-        self.question_scores = None
+        self.question_scores = self.question_exact_scores = None
         n = self.n_local
         dev = self.k_raw.device
         self.k_raw[:, :n] = state["k_raw"].to(dev)
@@ -270,3 +272,12 @@ class LayerMemory:
             self.store.truncate(store_blocks)
         else:
             self.store.load_state_dict(store_blocks, share=share)
+
+
+def _accumulate(total: torch.Tensor | None, mass: torch.Tensor) -> torch.Tensor:
+    """``total + mass`` for [Hkv, n] masses, ``total`` padded with zeros for blocks evicted since it began."""
+    if total is None:
+        return mass
+    if total.shape[1] < mass.shape[1]:
+        total = torch.nn.functional.pad(total, (0, mass.shape[1] - total.shape[1]))
+    return total + mass

@@ -10,7 +10,9 @@ For a chunk of memory queries ``q_mem`` [H, L, D] and a store of ``n`` blocks, t
    block can reach, computed as one dot product of ``[relu(q) | min(q, 0)]`` with ``[kmax | kmin]``); one
    ranking summed over all heads (the paper) or one per KV head (``per_kv_head``); keep the ``topk`` best;
 2. pin: add the blocks pinned for the current answer (question-aware retrieval: each KV head's own
-   ``question_topk`` and the ``question_shared`` pooled over all layers, with their ``question_neighbors``;
+   ``question_topk``, the ``question_shared`` pooled over all layers, and the ``question_exact`` pooled from
+   the question's attention weighed with every key of its ``question_rescore`` best blocks, each with its
+   ``question_neighbors``;
    or an oracle);
 3. widen: add the ``neighbors`` blocks on each side of every block so far (facts cut by a block boundary);
 4. deduplicate: a block read twice would count twice in the softmax; repeats become empty slots (-1).
@@ -76,7 +78,7 @@ class BlockSelector:
 
     def rerank(self, q_mem: torch.Tensor, store: BlockStore, candidates: torch.Tensor, k: int) -> torch.Tensor:
         """The ``k`` best of ``candidates`` [Hkv, M] by :func:`exact_scores`, [Hkv, k] ascending."""
-        scores = exact_scores(self.query_rows(q_mem), block_keys(store, candidates))
+        scores = exact_scores(self.query_rows(q_mem), store.keys_of(candidates))
         if not self.config.per_kv_head:  # one ranking for all heads: the candidates are the same in every row
             scores = scores.sum(dim=0, keepdim=True).expand_as(scores)
         best = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
@@ -109,11 +111,7 @@ class BlockSelector:
         """[Hkv, n] how much of the question's attention each block would draw: for every question token and
         query head, a softmax (at the attention's ``scale``) over the blocks' scores, summed over the tokens
         and the heads of each KV group. Blocks that many question tokens point to win, not the block one
-        token happens to match best.
-
-        With ``rescore = M``, the ``M`` blocks per KV head with the most of that mass are weighed again with
-        every key they hold: each block's score becomes the log-sum-exp of its keys' scaled scores, the
-        share of attention the block would really draw (:func:`exact_mass`); the others keep no mass."""
+        token happens to match best."""
         h, n_q, _ = q_mem.shape
         g = h // self.n_kv
         q = (bound_queries(q_mem) if self.config.block_score == "bounds" else q_mem).view(self.n_kv, g, n_q, -1)
@@ -123,11 +121,17 @@ class BlockSelector:
             for i in range(n_q):
                 s = self.backend.block_scores(q[:, j, i : i + 1].contiguous(), reps, store.n_blocks, True)
                 mass += torch.softmax(s.to(mass.device).float() * scale, dim=1)
-        m = self.config.rescore
-        if m <= 0:
-            return mass
-        candidates = torch.topk(mass, min(m, store.n_blocks), dim=1).indices
-        exact = exact_mass(q_mem.view(self.n_kv, g, n_q, -1), block_keys(store, candidates), scale)
+        return mass
+
+    def exact_question_mass(self, q_mem: torch.Tensor, store: BlockStore, scale: float, mass: torch.Tensor) -> torch.Tensor:
+        """[Hkv, n] the question's attention weighed exactly (``question_exact``): the ``question_rescore`` blocks
+        per KV head with the most ``mass`` (:meth:`question_mass`) get the share of the question's attention
+        each really draws among them (:func:`exact_mass`: the log-sum-exp of every key's scaled score), the
+        others none. The bounds over-rate a block whose channel maxima come from different keys, so facts of
+        one phrasing score alike; every key's real score tells the one with the asked name apart."""
+        h, n_q, _ = q_mem.shape
+        candidates = torch.topk(mass, min(self.config.question_rescore, store.n_blocks), dim=1).indices
+        exact = exact_mass(q_mem.view(self.n_kv, h // self.n_kv, n_q, -1), store.keys_of(candidates), scale)
         return torch.zeros_like(mass).scatter_(1, candidates, exact.to(mass.device))
 
 
@@ -151,13 +155,6 @@ def pooled_question_blocks(masses: list[torch.Tensor], k: int) -> torch.Tensor:
     return torch.topk(pooled, min(k, n)).indices
 
 
-def block_keys(store: BlockStore, blocks: torch.Tensor) -> torch.Tensor:
-    """Every key of the blocks ``blocks`` [Hkv, M] (each row indexes its own KV head), [Hkv, M, bs, D] on the
-    compute device."""
-    heads = torch.arange(blocks.shape[0], device=store.keys.device)[:, None]
-    return store.keys[blocks.to(store.keys.device), heads].to(store.device)
-
-
 def exact_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Block scores from all the keys of candidate blocks.
 
@@ -177,13 +174,32 @@ def exact_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return s.sum(dim=1).amax(dim=1)
 
 
-def exact_mass(q: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
-    """[Hkv, M] attention mass the candidate blocks draw from the question: for every question token and
-    head a softmax over the blocks of ``logsumexp_t(scale * q . k_t)``, summed over tokens and group heads.
+def exact_mass(q: torch.Tensor, keys: torch.Tensor, scale: float, budget: int = 1 << 24) -> torch.Tensor:
+    """Attention mass the candidate blocks draw from the question.
 
-    ``q`` is [Hkv, G, Lq, D] and ``keys`` [Hkv, M, bs, D]."""
-    s = torch.einsum("kgld,kmtd->kglmt", q.float(), keys.float()) * scale
-    return torch.softmax(torch.logsumexp(s, dim=-1), dim=-1).sum(dim=(1, 2))
+    Parameters
+    ----------
+    q : [Hkv, G, Lq, D] question queries, grouped by KV head
+    keys : [Hkv, M, bs, D] every key of ``M`` candidate blocks per KV head
+    scale : the attention's softmax scale
+    budget : most scores held at once; the question's rows are taken in slices that fit it
+
+    Returns
+    -------
+    [Hkv, M] float32: for every question token and head, a softmax over the candidates of
+    ``logsumexp_t(scale * q . k_t)`` (each block's share of that row's attention among the candidates),
+    summed over the tokens and the heads of each group.
+    """
+    n_kv, g, n_q, d = q.shape
+    m, bs = keys.shape[1], keys.shape[2]
+    rows = q.float().reshape(n_kv, g * n_q, d)
+    k = keys.float()
+    step = max(1, budget // max(1, n_kv * m * bs))
+    mass = torch.zeros((n_kv, m), dtype=torch.float32, device=keys.device)
+    for i in range(0, g * n_q, step):
+        s = torch.einsum("krd,kmtd->krmt", rows[:, i : i + step].to(k.device), k) * scale
+        mass += torch.softmax(torch.logsumexp(s, dim=-1), dim=-1).sum(dim=1)
+    return mass
 
 
 def bound_queries(q: torch.Tensor) -> torch.Tensor:

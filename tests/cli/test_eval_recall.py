@@ -40,6 +40,17 @@ def test_recall_all_facts_rows(tiny_llama_dir):
     assert rows[2]["evidence_hit"] == 1.0
 
 
+def test_recall_with_question_exact_reads_and_reports_it(tiny_llama_dir):
+    result = CliRunner().invoke(eval_app, ["recall", "--model", str(tiny_llama_dir), *KNOBS, "--task", "multikey",
+                                           "--length", "700", "--depth", "0.5", "--trials", "1", "--question-exact", "2",
+                                           "--question-topk", "0", "--question-shared", "0", "--question-rescore", "8",
+                                           "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["memory"]["question_exact"], data["memory"]["question_rescore"], data["memory"]["question_topk"]) == (2, 8, 0)
+    assert len(data["rows"]) == 1 and 0.0 <= data["rows"][0]["evidence_hit"] <= 1.0
+
+
 def test_recall_paper_selection_and_table(tiny_llama_dir):
     result = CliRunner().invoke(eval_app, ["recall", "--model", str(tiny_llama_dir), *KNOBS, "--selection", "paper",
                                            "--task", "multikey", "--length", "700", "--depth", "0.5", "--trials", "1",
@@ -62,6 +73,7 @@ def test_recall_errors_are_one_line(tiny_llama_dir, tmp_path):
         (["recall", *model, "--oracle", "--attention", "dense"], 2, "--oracle"),
         (["recall", *model, "--all-facts", "--attention", "streaming"], 2, "--all-facts"),
         (["recall", *model, "--selection", "best"], 2, "best"),
+        (["recall", *model, "--question-exact", "2", "--question-rescore", "0"], 2, "question_rescore"),
     ]
     for args, code, fragment in cases:
         result = CliRunner().invoke(eval_app, args)
