@@ -32,7 +32,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import PRESETS, MemoryConfig
+from .config import EXACT_SCORE_BUDGET, PRESETS, MemoryConfig
 from .errors import InputError, UsageError
 from .estimate import ModelShape, block_bytes
 from .formatting import human_bytes
@@ -93,6 +93,9 @@ def activation_bytes(memory: MemoryConfig, shape: ModelShape, attention: str, to
         keys += memory.n_init + memory.block_size * (memory.topk + pinned) * (1 + 2 * memory.neighbors)
     # scores and probabilities (in place) in float32, the gathered memory keys/values, the output
     scores = int(1.2 * h * exc * keys * 4) + 2 * kv * keys * d * 4
+    if attention == "infllm" and memory.question_exact > 0:  # one layer's candidates weighed exactly (question)
+        candidates = min(memory.question_rescore, store_tokens(tokens, memory) // memory.block_size)
+        scores += kv * candidates * memory.block_size * d * (act + 4) + 4 * EXACT_SCORE_BUDGET
     return hidden + logits + scores
 
 

@@ -96,6 +96,10 @@ MEMORY_LIMITS: dict[str, tuple[int, int]] = {
 #: document does not depend on them, so one read can be answered with any of their values.
 ANSWER_KNOBS = ("question_topk", "question_neighbors", "question_shared", "question_exact", "question_rescore")
 
+#: Most float32 scores the question's exact weighing (``question_exact``) holds at once (64 MiB): the
+#: question's rows are scored in slices that fit.
+EXACT_SCORE_BUDGET = 1 << 24
+
 #: Most tokens one answer may generate (``--max-new-tokens``).
 MAX_NEW_TOKENS = 131_072
 #: Largest ``temperature`` (beyond it sampling is uniform noise anyway).

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from infllm_cli.budget import Budget, MemoryBudgetError, fits, parse_size, plan, predict
-from infllm_cli.config import preset
+from infllm_cli.config import EXACT_SCORE_BUDGET, preset
 from infllm_cli.errors import UsageError
 from infllm_cli.estimate import ModelShape
 
@@ -44,7 +44,10 @@ def test_block_store_grows_linearly_and_the_rest_is_bounded() -> None:
     assert acts[0] < acts[1] < acts[2] and acts[2] - acts[1] == pytest.approx(acts[1] - acts[0], abs=2)
     exact = predict(1_000_000, PAPER.replace(question_topk=4, question_neighbors=1, question_shared=2, question_exact=2), "infllm",
                     SHAPE, "cuda").device_parts["activations"]
-    assert exact == pytest.approx(acts[2], abs=2)  # two exact blocks cost what two more shared ones do
+    # two exact blocks are read like two more shared ones; weighing the candidates adds their keys in float32
+    # and the sliced scores, once
+    weighing = SHAPE.kv_heads * 256 * PAPER.block_size * SHAPE.head_dim * (SHAPE.dtype_bytes + 4) + 4 * EXACT_SCORE_BUDGET
+    assert exact - acts[2] == pytest.approx(weighing, abs=2)
 
 
 def test_offload_moves_keys_and_values_to_the_host() -> None:

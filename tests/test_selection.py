@@ -278,7 +278,8 @@ def test_question_exact_pins_the_blocks_the_exact_weight_favours_beside_the_shar
     for m in runner.cache.memories:
         for row in m.pinned.tolist():
             assert set(shared.tolist()) | set(exact.tolist()) == {b for b in row if b >= 0}
-    pooled.clear(), reads.clear()
+    pooled.clear()
+    reads.clear()
     runner = Runner(loaded, config.replace(question_exact=0), backend="torch")
     runner.feed(doc)
     runner.read_question([5, 6, 7, 8])

@@ -182,9 +182,13 @@ class ContextMemory(Cache):
         :func:`~infllm_cli.memory.selection.pooled_question_blocks`; a block in both lists is pinned once),
         or None when both are off."""
         kept = [m for m in self.memories if m.question_scores is not None and m.keep_blocks]
-        picks = [pooled_question_blocks([getattr(m, name) for m in kept], k)
-                 for name, k in (("question_scores", self.config.question_shared),
-                                 ("question_exact_scores", self.config.question_exact)) if k > 0 and kept]
+        if not kept:
+            return None
+        picks = []
+        if self.config.question_shared > 0:
+            picks.append(pooled_question_blocks([m.question_scores for m in kept], self.config.question_shared))
+        if self.config.question_exact > 0:
+            picks.append(pooled_question_blocks([m.question_exact_scores for m in kept], self.config.question_exact))
         return torch.cat(picks) if picks else None
 
     def pin_question_blocks(self) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from infllm_kernels.backend import Backend
 
-from ..config import MemoryConfig
+from ..config import EXACT_SCORE_BUDGET, MemoryConfig
 from .block_store import BlockStore
 
 
@@ -174,7 +174,7 @@ def exact_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return s.sum(dim=1).amax(dim=1)
 
 
-def exact_mass(q: torch.Tensor, keys: torch.Tensor, scale: float, budget: int = 1 << 24) -> torch.Tensor:
+def exact_mass(q: torch.Tensor, keys: torch.Tensor, scale: float, budget: int = EXACT_SCORE_BUDGET) -> torch.Tensor:
     """Attention mass the candidate blocks draw from the question.
 
     Parameters
