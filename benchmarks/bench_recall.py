@@ -43,6 +43,7 @@ KNOBS = {
     # the question-aware knobs improve on the paper with the default's own values
     "question": ("question_topk", 0, SELECTIONS["default"]["question_topk"]),
     "question-neighbors": ("question_neighbors", 0, SELECTIONS["default"]["question_neighbors"]),
+    "question-neighbor-rank": ("question_neighbor_rank", 0, SELECTIONS["default"]["question_neighbor_rank"]),
     "question-shared": ("question_shared", 0, SELECTIONS["default"]["question_shared"]),
     "neighbors": ("neighbors", 0, 1),
     "rescore": ("rescore", 0, 32),

@@ -37,7 +37,11 @@ the best combination the recall benchmark found (named ``default``):
                        mass (per KV head) are kept for the question and the whole answer, beside each
                        token's own retrieval
 ``question_neighbors`` also pin the ``question_neighbors`` blocks before and after each of the question's
-                       blocks (a fact cut by a block boundary; costs nothing while reading)
+                       blocks (a fact cut by a block boundary; costs nothing while reading), each only
+                       if it is itself among the ``question_neighbor_rank`` (64) blocks the question's
+                       attention favours over all layers and KV heads (pooled as for ``question_shared``):
+                       the other half of a cut fact draws the question too, the text around a whole fact
+                       does not (0: every neighbour is pinned)
 ``question_shared``    also pin, in every layer and KV head, the ``question_shared`` blocks the question's
                        attention favours over all layers and KV heads (each head's question mass normalised
                        and summed; widened by ``question_neighbors``): a block the heads that match the
@@ -86,6 +90,7 @@ MEMORY_LIMITS: dict[str, tuple[int, int]] = {
     "neighbors": (0, 8),
     "question_topk": (0, 1_024),
     "question_neighbors": (0, 8),
+    "question_neighbor_rank": (0, 1_048_576),
     "question_shared": (0, 64),
     "rescore": (0, 4_096),
     "question_exact": (0, 64),
@@ -94,7 +99,8 @@ MEMORY_LIMITS: dict[str, tuple[int, int]] = {
 
 #: Knobs used only when a question is read (question-aware retrieval): what is stored while reading a
 #: document does not depend on them, so one read can be answered with any of their values.
-ANSWER_KNOBS = ("question_topk", "question_neighbors", "question_shared", "question_exact", "question_rescore")
+ANSWER_KNOBS = ("question_topk", "question_neighbors", "question_neighbor_rank", "question_shared", "question_exact",
+                "question_rescore")
 
 #: Most float32 scores the question's exact weighing (``question_exact``) holds at once (64 MiB): the
 #: question's rows are scored in slices that fit.
@@ -136,6 +142,7 @@ class MemoryConfig:
     neighbors: int = 0
     question_topk: int = 4
     question_neighbors: int = 1
+    question_neighbor_rank: int = 64
     question_shared: int = 4
     rescore: int = 0
     question_exact: int = 0
@@ -207,9 +214,9 @@ class MemoryConfig:
 SELECTIONS: dict[str, dict[str, Any]] = {
     # Xiao et al.: the chunk's mean query against the sum of each block's representative keys, one ranking
     # summed over all heads, no neighbours, no question-aware blocks.
-    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "question_neighbors": 0, "question_shared": 0, "rescore": 0, "question_exact": 0, "question_rescore": 256},
+    "paper": {"per_kv_head": False, "block_score": "repr_sum", "query_score": "mean", "neighbors": 0, "question_topk": 0, "question_neighbors": 0, "question_neighbor_rank": 0, "question_shared": 0, "rescore": 0, "question_exact": 0, "question_rescore": 256},
     # the best combination on the recall benchmark (docs/retrieval.md)
-    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "question_shared": 4, "rescore": 0, "question_exact": 0, "question_rescore": 256},
+    "default": {"per_kv_head": True, "block_score": "bounds", "query_score": "mean", "neighbors": 0, "question_topk": 4, "question_neighbors": 1, "question_neighbor_rank": 64, "question_shared": 4, "rescore": 0, "question_exact": 0, "question_rescore": 256},
 }
 
 

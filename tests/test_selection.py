@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from infllm_cli.config import SELECTIONS, ConfigError, MemoryConfig, with_selection
-from infllm_cli.memory.selection import (BlockSelector, exact_mass, exact_scores, pooled_question_blocks,
-                                         widen_and_dedupe)
+from infllm_cli.memory.selection import (BlockSelector, exact_mass, exact_scores, favoured_blocks,
+                                         pooled_question_blocks, pooled_question_mass, widen_and_dedupe)
 from infllm_kernels.backend import TORCH
 from tests.test_memory import make_layer
 
@@ -195,6 +195,33 @@ def test_question_blocks_are_widened_by_their_neighbours():
     assert plain.question_blocks(mass).tolist() == [[4, 5], [0, 9]]
 
 
+def test_question_neighbours_are_pinned_only_among_the_blocks_the_question_favours():
+    """``near`` (the ``question_neighbor_rank`` gate): a neighbour is added only where the mask allows it (the
+    other half of a cut fact); the question's own blocks are kept whatever the mask says."""
+    sel = BlockSelector(MemoryConfig(n_local=16, block_size=8, topk=1, repr_topk=1, exc_block_size=8, chunk_size=8,
+                                     question_topk=2, question_neighbors=1), TORCH, 2)
+    mass = torch.zeros(2, 10)
+    mass[0, 4], mass[0, 7] = 1.0, 0.9
+    mass[1, 0], mass[1, 9] = 1.0, 0.9
+    near = torch.zeros(10, dtype=torch.bool)
+    near[[3, 8, 1]] = True  # 3: before block 4; 8: after 7 and before 9; 1: after 0
+    rows = sel.question_blocks(mass, near=near).tolist()
+    assert sorted(b for b in rows[0] if b >= 0) == [3, 4, 7, 8]
+    assert sorted(b for b in rows[1] if b >= 0) == [0, 1, 8, 9]
+    nothing = sel.question_blocks(mass, torch.tensor([5]), near=torch.zeros(12, dtype=torch.bool)).tolist()
+    assert [sorted(b for b in r if b >= 0) for r in nothing] == [[4, 5, 7], [0, 5, 9]]  # a longer mask is fine
+    assert sel.question_blocks(mass, near=torch.ones(10, dtype=torch.bool)).tolist() == sel.question_blocks(mass).tolist()
+    assert widen_and_dedupe(torch.zeros((2, 0), dtype=torch.long), 1, 0, torch.zeros(0, dtype=torch.bool)).shape == (2, 0)
+
+
+def test_favoured_blocks_mark_the_pooled_best():
+    sure = torch.tensor([[0.0, 0, 0, 10, 0, 0], [1, 1, 1, 1, 1, 1]])
+    slight = torch.tensor([[1.0, 1, 1, 1, 1, 2], [1, 1, 1, 1, 1, 2]])
+    assert favoured_blocks([sure, slight], 2).nonzero().flatten().tolist() == [3, 5]
+    assert favoured_blocks([sure, slight], 99).all() and len(favoured_blocks([sure, slight[:, :4]], 1)) == 6
+    assert torch.equal(pooled_question_mass([sure, slight]).topk(2).indices.sort().values, torch.tensor([3, 5]))
+
+
 def test_pooled_question_blocks_give_every_layer_and_head_one_vote():
     """Each layer's question mass is normalised per KV head before the layers and heads are summed: a head
     sure of one block outweighs heads with a slight preference, whatever the scale of each layer's mass."""
@@ -246,6 +273,41 @@ def test_question_shared_pins_the_pooled_blocks_in_every_layer(tiny_llama_dir, m
     runner.feed([3 + (7 * i) % 250 for i in range(400)])
     runner.read_question([5, 6, 7, 8])
     assert not pooled and all(m.pinned.shape[1] == 1 for m in runner.cache.memories)
+
+
+def test_question_neighbor_rank_keeps_only_the_neighbours_the_question_favours(tiny_llama_dir, monkeypatch):
+    """Through the runner: with ``question_neighbor_rank`` N, a pinned neighbour is one of the N blocks pooled
+    over all layers' question masses, and every neighbour the ungated pins hold among those N is still
+    pinned; 0 pins every neighbour, and without neighbours nothing is pooled for the gate."""
+    import infllm_cli.memory.cache as cache_module
+    from infllm_cli.models import load_model
+    from infllm_cli.runner import Runner
+
+    masks = []
+    real = cache_module.favoured_blocks
+    monkeypatch.setattr(cache_module, "favoured_blocks", lambda masses, k: masks.append(real(masses, k)) or masks[-1])
+    config = MemoryConfig(n_init=4, n_local=64, block_size=16, topk=2, repr_topk=2, exc_block_size=32, chunk_size=32,
+                          question_topk=2, question_neighbors=1, question_shared=1, question_neighbor_rank=3)
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    doc = [3 + (7 * i) % 250 for i in range(600)]
+
+    def pins(cfg):
+        runner = Runner(loaded, cfg, backend="torch")
+        runner.feed(doc)
+        runner.read_question([5, 6, 7, 8])
+        return [[{b for b in row if b >= 0} for row in m.pinned.tolist()] for m in runner.cache.memories]
+
+    gated = pins(config)
+    (mask,) = masks
+    assert int(mask.sum()) == 3
+    favoured = set(mask.nonzero().flatten().tolist())
+    centres, every = pins(config.replace(question_neighbors=0)), pins(config.replace(question_neighbor_rank=0))
+    assert len(masks) == 1  # neither of those pooled a gate
+    for g_layer, c_layer, e_layer in zip(gated, centres, every):
+        for g, c, e in zip(g_layer, c_layer, e_layer):
+            assert c <= g <= e
+            assert g - c <= favoured and (e - c) & favoured <= g
+    assert any(g != e for gl, el in zip(gated, every) for g, e in zip(gl, el))  # the gate dropped something
 
 
 def test_question_exact_pins_the_blocks_the_exact_weight_favours_beside_the_shared_ones(tiny_llama_dir, monkeypatch):

@@ -79,6 +79,7 @@ class Options:
     neighbors: Optional[int] = None
     question_topk: Optional[int] = None
     question_neighbors: Optional[int] = None
+    question_neighbor_rank: Optional[int] = None
     question_shared: Optional[int] = None
     rescore: Optional[int] = None
     question_exact: Optional[int] = None
@@ -127,6 +128,7 @@ class Options:
             neighbors=self.neighbors,
             question_topk=self.question_topk,
             question_neighbors=self.question_neighbors,
+            question_neighbor_rank=self.question_neighbor_rank,
             question_shared=self.question_shared,
             rescore=self.rescore,
             question_exact=self.question_exact,
@@ -236,6 +238,7 @@ _GROUPS: dict[str, list[tuple[str, Any, Any]]] = {
         ("neighbors", Optional[int], typer.Option("--neighbors", metavar="N", help="Also read N blocks on each side of every retrieved block.", min=MEMORY_LIMITS["neighbors"][0], max=MEMORY_LIMITS["neighbors"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("question_topk", Optional[int], typer.Option("--question-topk", metavar="N", help="Blocks per KV head ranked by the whole question and kept for the answer (0: off).", min=MEMORY_LIMITS["question_topk"][0], max=MEMORY_LIMITS["question_topk"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("question_neighbors", Optional[int], typer.Option("--question-neighbors", metavar="N", help="Also keep N blocks on each side of every block the question picked (0: off).", min=MEMORY_LIMITS["question_neighbors"][0], max=MEMORY_LIMITS["question_neighbors"][1], rich_help_panel=P_MEMORY, show_default=False)),
+        ("question_neighbor_rank", Optional[int], typer.Option("--question-neighbor-rank", metavar="N", help="Keep such a neighbour only if it is among the N blocks the question favours over all layers and heads (default 64; 0: every neighbour).", min=MEMORY_LIMITS["question_neighbor_rank"][0], max=MEMORY_LIMITS["question_neighbor_rank"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("question_shared", Optional[int], typer.Option("--question-shared", metavar="N", help="Also keep, in every layer and KV head, the N blocks the question favours over all layers and heads (0: off).", min=MEMORY_LIMITS["question_shared"][0], max=MEMORY_LIMITS["question_shared"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("rescore", Optional[int], typer.Option("--rescore", metavar="M", help="Re-rank the M best blocks per KV head with every key they hold (0: off).", min=MEMORY_LIMITS["rescore"][0], max=MEMORY_LIMITS["rescore"][1], rich_help_panel=P_MEMORY, show_default=False)),
         ("question_exact", Optional[int], typer.Option("--question-exact", metavar="N", help="Also keep, in every layer and KV head, the N blocks the question's attention favours when weighed with every key (0: off).", min=MEMORY_LIMITS["question_exact"][0], max=MEMORY_LIMITS["question_exact"][1], rich_help_panel=P_MEMORY, show_default=False)),

@@ -29,7 +29,7 @@ from ..config import ANSWER_KNOBS, MemoryConfig, reading_config
 from .layer_memory import LayerMemory
 from .ledger import AttentionLedger
 from .rope import RotaryTable
-from .selection import pooled_question_blocks
+from .selection import favoured_blocks, pooled_question_blocks
 
 ATTENTION_NAME = "infllm"
 
@@ -173,8 +173,8 @@ class ContextMemory(Cache):
         try:
             yield
         finally:
-            shared = self._shared_question_blocks()
-            self._question_pins = [m.end_question(shared) for m in self.memories]
+            shared, near = self._shared_question_blocks(), self._neighbour_candidates()
+            self._question_pins = [m.end_question(shared, near) for m in self.memories]
 
     def _shared_question_blocks(self) -> torch.Tensor | None:
         """[S] the ``question_shared`` blocks the question's attention favours over all layers and KV heads
@@ -190,6 +190,16 @@ class ContextMemory(Cache):
         if self.config.question_exact > 0:
             picks.append(pooled_question_blocks([m.question_exact_scores for m in kept], self.config.question_exact))
         return torch.cat(picks) if picks else None
+
+    def _neighbour_candidates(self) -> torch.Tensor | None:
+        """[n] bool: the ``question_neighbor_rank`` blocks the question's attention favours over all layers and
+        KV heads, the only ones a question block's neighbour is pinned from (the other half of a fact cut by a
+        block boundary draws the question too; the text around a whole fact does not); None when every
+        neighbour is pinned (``question_neighbor_rank`` 0) or none is (``question_neighbors`` 0)."""
+        kept = [m for m in self.memories if m.question_scores is not None and m.keep_blocks]
+        if not kept or self.config.question_neighbors == 0 or self.config.question_neighbor_rank == 0:
+            return None
+        return favoured_blocks([m.question_scores for m in kept], self.config.question_neighbor_rank)
 
     def pin_question_blocks(self) -> None:
         """Pin the blocks found by the last :meth:`ranking_question`."""

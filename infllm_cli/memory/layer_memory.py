@@ -195,13 +195,14 @@ class LayerMemory:
         self.question_scores = torch.zeros((self.k_raw.shape[0], 0), device=self.k_raw.device)
         self.question_exact_scores = torch.zeros_like(self.question_scores)
 
-    def end_question(self, shared: torch.Tensor | None = None) -> torch.Tensor:
+    def end_question(self, shared: torch.Tensor | None = None, near: torch.Tensor | None = None) -> torch.Tensor:
         """Stop ranking; the ``question_topk`` best blocks per KV head and the ``shared`` blocks [S] (other
-        layers' best, see :meth:`ContextMemory.ranking_question`), widened: [Hkv, P]."""
+        layers' best, see :meth:`ContextMemory.ranking_question`), widened by the neighbours ``near`` [n]
+        bool allows (None: all): [Hkv, P]."""
         scores, self.question_scores, self.question_exact_scores = self.question_scores, None, None
         if scores is None or not self.keep_blocks:
             return torch.zeros((self.k_raw.shape[0], 0), dtype=torch.long, device=self.k_raw.device)
-        return self.selector.question_blocks(scores, shared)
+        return self.selector.question_blocks(scores, shared, near)
 
     def pin(self, blocks: torch.Tensor | None) -> None:
         """Blocks [Hkv, P] (or [P] for every head) that every chunk reads from now on; None to stop."""

@@ -12,7 +12,7 @@ For a chunk of memory queries ``q_mem`` [H, L, D] and a store of ``n`` blocks, t
 2. pin: add the blocks pinned for the current answer (question-aware retrieval: each KV head's own
    ``question_topk``, the ``question_shared`` pooled over all layers, and the ``question_exact`` pooled from
    the question's attention weighed with every key of its ``question_rescore`` best blocks, each with its
-   ``question_neighbors``;
+   ``question_neighbors`` (a neighbour only among the ``question_neighbor_rank`` blocks the question favours);
    or an oracle);
 3. widen: add the ``neighbors`` blocks on each side of every block so far (facts cut by a block boundary);
 4. deduplicate: a block read twice would count twice in the softmax; repeats become empty slots (-1).
@@ -98,14 +98,16 @@ class BlockSelector:
             idx = torch.cat([idx, pinned.masked_fill(pinned >= store.n_blocks, -1)], dim=1)
         return widen_and_dedupe(idx, cfg.neighbors, store.n_blocks)
 
-    def question_blocks(self, mass: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+    def question_blocks(self, mass: torch.Tensor, shared: torch.Tensor | None = None,
+                        near: torch.Tensor | None = None) -> torch.Tensor:
         """The ``question_topk`` blocks per KV head with the most question mass [Hkv, n] (see
         :meth:`question_mass`) and the ``shared`` blocks [S] (read by every head), widened by
-        ``question_neighbors`` blocks on each side: [Hkv, P] with -1 in empty slots (repeats)."""
+        ``question_neighbors`` blocks on each side, a neighbour only where ``near`` [>= n] bool allows it
+        (None: everywhere): [Hkv, P] with -1 in empty slots (repeats)."""
         best = torch.topk(mass, min(self.config.question_topk, mass.shape[1]), dim=1).indices
         if shared is not None and shared.numel():
             best = torch.cat([best, shared.to(best.device)[None].expand(best.shape[0], -1)], dim=1)
-        return widen_and_dedupe(best, self.config.question_neighbors, mass.shape[1])
+        return widen_and_dedupe(best, self.config.question_neighbors, mass.shape[1], near)
 
     def question_mass(self, q_mem: torch.Tensor, store: BlockStore, scale: float) -> torch.Tensor:
         """[Hkv, n] how much of the question's attention each block would draw: for every question token and
@@ -135,24 +137,39 @@ class BlockSelector:
         return torch.zeros_like(mass).scatter_(1, candidates, exact.to(mass.device))
 
 
-def pooled_question_blocks(masses: list[torch.Tensor], k: int) -> torch.Tensor:
-    """The ``k`` blocks the question's attention favours over all layers and KV heads: [min(k, n)] int64.
+def pooled_question_mass(masses: list[torch.Tensor]) -> torch.Tensor:
+    """[n] float32: how much the question's attention favours each block over all layers and KV heads.
 
     Each layer's question mass [Hkv, n] (:meth:`BlockSelector.question_mass`; layers that saw fewer blocks
     are padded with zeros) is normalised per KV head to a distribution over the blocks, and the
     distributions are summed, so every layer and head has one vote of the same weight: a block that several
-    heads favour, or that one head is sure of, wins. Pinned in every layer and head, such a block is read by
-    the heads that would not have found it themselves (the heads that copy are not always the heads that
-    match the question).
+    heads favour, or that one head is sure of, wins.
     """
     n = max(mass.shape[1] for mass in masses)
-    if k <= 0 or n == 0:
-        return torch.zeros(0, dtype=torch.long, device=masses[0].device)
     pooled = torch.zeros(n, dtype=torch.float32, device=masses[0].device)
     for mass in masses:
         share = mass.float() / mass.float().sum(dim=1, keepdim=True).clamp(min=1e-30)
         pooled[: mass.shape[1]] += share.sum(dim=0).to(pooled.device)
-    return torch.topk(pooled, min(k, n)).indices
+    return pooled
+
+
+def pooled_question_blocks(masses: list[torch.Tensor], k: int) -> torch.Tensor:
+    """The ``k`` blocks with the most :func:`pooled_question_mass`: [min(k, n)] int64. Pinned in every layer
+    and head, such a block is read by the heads that would not have found it themselves (the heads that copy
+    are not always the heads that match the question)."""
+    pooled = pooled_question_mass(masses)
+    if k <= 0 or pooled.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=masses[0].device)
+    return torch.topk(pooled, min(k, pooled.numel())).indices
+
+
+def favoured_blocks(masses: list[torch.Tensor], k: int) -> torch.Tensor:
+    """[n] bool: the ``k`` blocks with the most :func:`pooled_question_mass` (``question_neighbor_rank``: the
+    only blocks a question block's neighbour may be)."""
+    pooled = pooled_question_mass(masses)
+    mask = torch.zeros(pooled.numel(), dtype=torch.bool, device=pooled.device)
+    mask[torch.topk(pooled, min(k, pooled.numel())).indices] = True
+    return mask
 
 
 def exact_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -208,16 +225,21 @@ def bound_queries(q: torch.Tensor) -> torch.Tensor:
     return torch.cat([q.clamp(min=0), q.clamp(max=0)], dim=-1)
 
 
-def widen_and_dedupe(idx: torch.Tensor, neighbors: int, n_blocks: int) -> torch.Tensor:
-    """Add ``neighbors`` blocks on each side of every index of ``idx`` [Hkv, K] (-1 = empty, ignored),
-    drop out-of-range and repeated indices (-1 in their place), ascending valid indices per row."""
+def widen_and_dedupe(idx: torch.Tensor, neighbors: int, n_blocks: int, near: torch.Tensor | None = None) -> torch.Tensor:
+    """Add ``neighbors`` blocks on each side of every index of ``idx`` [Hkv, K] (-1 = empty, ignored), only
+    those that ``near`` [>= n_blocks] bool allows when given; drop out-of-range and repeated indices (-1 in
+    their place), ascending valid indices per row."""
     if idx.shape[1] == 0:
         return idx
     if neighbors > 0:
         offsets = torch.arange(-neighbors, neighbors + 1, device=idx.device)
         wide = (idx[:, :, None] + offsets).reshape(idx.shape[0], -1)
         valid = (idx[:, :, None] >= 0).expand(-1, -1, len(offsets)).reshape(idx.shape[0], -1)
-        idx = torch.where(valid & (wide >= 0) & (wide < n_blocks), wide, -1)
+        keep = valid & (wide >= 0) & (wide < n_blocks)
+        if near is not None and n_blocks > 0:
+            centre = (offsets == 0)[None, None, :].expand(idx.shape[0], idx.shape[1], -1).reshape(idx.shape[0], -1)
+            keep &= centre | near.to(idx.device)[wide.clamp(0, n_blocks - 1)]
+        idx = torch.where(keep, wide, -1)
     idx = idx.sort(dim=1).values
     repeat = torch.zeros_like(idx, dtype=torch.bool)
     repeat[:, 1:] = idx[:, 1:] == idx[:, :-1]

@@ -79,8 +79,10 @@ def test_knobs_override_the_preset_and_are_validated() -> None:
     assert (mem.question_topk, mem.question_neighbors, mem.question_shared) == (4, 1, 4)
     mem, _ = Options(preset="small", selection="paper").memory_config()
     assert (mem.question_topk, mem.question_neighbors, mem.question_shared) == (0, 0, 0)
-    mem, _ = Options(preset="small", question_neighbors=2, question_shared=0).memory_config()
-    assert (mem.question_neighbors, mem.question_shared) == (2, 0)
+    mem, _ = Options(preset="small", question_neighbors=2, question_shared=0, question_neighbor_rank=0).memory_config()
+    assert (mem.question_neighbors, mem.question_shared, mem.question_neighbor_rank) == (2, 0, 0)
+    with pytest.raises(ConfigError, match="question_neighbor_rank"):
+        Options(preset="small", question_neighbor_rank=-1).memory_config()
     with pytest.raises(ConfigError, match="question_neighbors"):
         Options(preset="small", question_neighbors=9).memory_config()
     with pytest.raises(ConfigError, match="question_shared"):
