@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from infllm_cli.config import SELECTIONS, ConfigError, MemoryConfig, with_selection
-from infllm_cli.memory.selection import (BlockSelector, exact_mass, exact_scores, favoured_blocks,
-                                         pooled_question_blocks, pooled_question_mass, widen_and_dedupe)
+from infllm_cli.memory.selection import (BlockSelector, best_blocks, exact_mass, exact_scores, favoured_blocks,
+                                         pooled_question_mass, widen_and_dedupe)
 from infllm_kernels.backend import TORCH
 from tests.test_memory import make_layer
 
@@ -217,14 +217,18 @@ def test_question_neighbours_are_pinned_only_among_the_blocks_the_question_favou
 def test_favoured_blocks_mark_the_pooled_best():
     sure = torch.tensor([[0.0, 0, 0, 10, 0, 0], [1, 1, 1, 1, 1, 1]])
     slight = torch.tensor([[1.0, 1, 1, 1, 1, 2], [1, 1, 1, 1, 1, 2]])
-    assert favoured_blocks([sure, slight], 2).nonzero().flatten().tolist() == [3, 5]
-    assert favoured_blocks([sure, slight], 99).all() and len(favoured_blocks([sure, slight[:, :4]], 1)) == 6
-    assert torch.equal(pooled_question_mass([sure, slight]).topk(2).indices.sort().values, torch.tensor([3, 5]))
+    pooled = pooled_question_mass([sure, slight])
+    assert favoured_blocks(pooled, 2).nonzero().flatten().tolist() == [3, 5]
+    assert favoured_blocks(pooled, 99).all() and not favoured_blocks(pooled, 0).any()
+    assert len(favoured_blocks(pooled_question_mass([sure, slight[:, :4]]), 1)) == 6
 
 
-def test_pooled_question_blocks_give_every_layer_and_head_one_vote():
+def test_pooled_question_mass_gives_every_layer_and_head_one_vote():
     """Each layer's question mass is normalised per KV head before the layers and heads are summed: a head
     sure of one block outweighs heads with a slight preference, whatever the scale of each layer's mass."""
+    def pooled_question_blocks(masses, k):
+        return best_blocks(pooled_question_mass(masses), k)
+
     sure = torch.tensor([[0.0, 0, 0, 10, 0, 0], [1, 1, 1, 1, 1, 1]])  # head 0 of layer 0 points at block 3
     slight = torch.tensor([[1.0, 1, 1, 1, 1, 2], [1, 1, 1, 1, 1, 2]])  # both heads of layer 1 lean to block 5
     assert pooled_question_blocks([sure, slight], 1).tolist() == [3]
@@ -234,6 +238,7 @@ def test_pooled_question_blocks_give_every_layer_and_head_one_vote():
     assert len(pooled_question_blocks([sure, slight], 99)) == 6
     three = [slight, slight, torch.tensor([[0.0, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]])]  # two sure heads win
     assert pooled_question_blocks(three, 1).tolist() == [1]
+    assert best_blocks(torch.zeros(0), 3).numel() == 0
 
 
 def test_shared_question_blocks_join_every_heads_own_widened():
@@ -247,6 +252,16 @@ def test_shared_question_blocks_join_every_heads_own_widened():
     assert sel.question_blocks(mass, torch.tensor([2])).tolist()[0].count(2) == 1  # a repeat is read once
 
 
+def record_pooling(monkeypatch, cache_module):
+    """Record, in order, the per-layer masses each pooled list is made of and the blocks picked from a pooled
+    list (``question_shared``, ``question_exact``)."""
+    masses, picks = [], []
+    real_mass, real_best = cache_module.pooled_question_mass, cache_module.best_blocks
+    monkeypatch.setattr(cache_module, "pooled_question_mass", lambda m: masses.append(m) or real_mass(m))
+    monkeypatch.setattr(cache_module, "best_blocks", lambda pooled, k: picks.append(real_best(pooled, k)) or picks[-1])
+    return masses, picks
+
+
 def test_question_shared_pins_the_pooled_blocks_in_every_layer(tiny_llama_dir, monkeypatch):
     """Through the runner: the blocks pooled over all layers' question masses are pinned in every layer and
     KV head, beside each head's own question blocks; with 0, nothing is pooled."""
@@ -254,9 +269,7 @@ def test_question_shared_pins_the_pooled_blocks_in_every_layer(tiny_llama_dir, m
     from infllm_cli.models import load_model
     from infllm_cli.runner import Runner
 
-    pooled = []
-    real = cache_module.pooled_question_blocks
-    monkeypatch.setattr(cache_module, "pooled_question_blocks", lambda masses, k: pooled.append(real(masses, k)) or pooled[-1])
+    masses, pooled = record_pooling(monkeypatch, cache_module)
     config = MemoryConfig(n_init=4, n_local=64, block_size=16, topk=2, repr_topk=2, exc_block_size=32, chunk_size=32,
                           question_topk=1, question_neighbors=0, question_shared=2)
     loaded = load_model(str(tiny_llama_dir), device="cpu")
@@ -268,11 +281,12 @@ def test_question_shared_pins_the_pooled_blocks_in_every_layer(tiny_llama_dir, m
     for m in runner.cache.memories:
         for row in m.pinned.tolist():
             assert set(shared.tolist()) <= set(row)
+    masses.clear()
     pooled.clear()
     runner = Runner(loaded, config.replace(question_shared=0), backend="torch")
     runner.feed([3 + (7 * i) % 250 for i in range(400)])
     runner.read_question([5, 6, 7, 8])
-    assert not pooled and all(m.pinned.shape[1] == 1 for m in runner.cache.memories)
+    assert not masses and not pooled and all(m.pinned.shape[1] == 1 for m in runner.cache.memories)
 
 
 def test_question_neighbor_rank_keeps_only_the_neighbours_the_question_favours(tiny_llama_dir, monkeypatch):
@@ -285,7 +299,7 @@ def test_question_neighbor_rank_keeps_only_the_neighbours_the_question_favours(t
 
     masks = []
     real = cache_module.favoured_blocks
-    monkeypatch.setattr(cache_module, "favoured_blocks", lambda masses, k: masks.append(real(masses, k)) or masks[-1])
+    monkeypatch.setattr(cache_module, "favoured_blocks", lambda pooled, k: masks.append(real(pooled, k)) or masks[-1])
     config = MemoryConfig(n_init=4, n_local=64, block_size=16, topk=2, repr_topk=2, exc_block_size=32, chunk_size=32,
                           question_topk=2, question_neighbors=1, question_shared=1, question_neighbor_rank=3)
     loaded = load_model(str(tiny_llama_dir), device="cpu")
@@ -319,9 +333,7 @@ def test_question_exact_pins_the_blocks_the_exact_weight_favours_beside_the_shar
     from infllm_cli.models import load_model
     from infllm_cli.runner import Runner
 
-    pooled = []
-    real = cache_module.pooled_question_blocks
-    monkeypatch.setattr(cache_module, "pooled_question_blocks", lambda masses, k: pooled.append((masses, real(masses, k))) or pooled[-1][1])
+    masses, picks = record_pooling(monkeypatch, cache_module)
     reads = []
     real_keys_of = BlockStore.keys_of
     monkeypatch.setattr(BlockStore, "keys_of", lambda self, blocks: reads.append(blocks.shape) or real_keys_of(self, blocks))
@@ -332,7 +344,7 @@ def test_question_exact_pins_the_blocks_the_exact_weight_favours_beside_the_shar
     runner = Runner(loaded, config, backend="torch")
     runner.feed(doc)
     runner.read_question([5, 6, 7, 8])
-    (bounds_masses, shared), (exact_masses, exact) = pooled
+    (bounds_masses, exact_masses), (shared, exact) = masses, picks
     assert len(shared) == 1 and len(exact) == 2
     n_layers = len(runner.cache.memories)
     assert len(exact_masses) == n_layers and all(int((m > 0).sum(dim=1).max()) <= 5 for m in exact_masses)
@@ -340,12 +352,13 @@ def test_question_exact_pins_the_blocks_the_exact_weight_favours_beside_the_shar
     for m in runner.cache.memories:
         for row in m.pinned.tolist():
             assert set(shared.tolist()) | set(exact.tolist()) == {b for b in row if b >= 0}
-    pooled.clear()
+    masses.clear()
+    picks.clear()
     reads.clear()
     runner = Runner(loaded, config.replace(question_exact=0), backend="torch")
     runner.feed(doc)
     runner.read_question([5, 6, 7, 8])
-    assert len(pooled) == 1 and not reads
+    assert len(masses) == 1 and len(picks) == 1 and not reads
     with pytest.raises(ConfigError, match="question_rescore"):
         config.replace(question_rescore=0)
 

@@ -29,7 +29,7 @@ from ..config import ANSWER_KNOBS, MemoryConfig, reading_config
 from .layer_memory import LayerMemory
 from .ledger import AttentionLedger
 from .rope import RotaryTable
-from .selection import favoured_blocks, pooled_question_blocks
+from .selection import best_blocks, favoured_blocks, pooled_question_mass
 
 ATTENTION_NAME = "infllm"
 
@@ -173,33 +173,33 @@ class ContextMemory(Cache):
         try:
             yield
         finally:
-            shared, near = self._shared_question_blocks(), self._neighbour_candidates()
-            self._question_pins = [m.end_question(shared, near) for m in self.memories]
+            self._question_pins = self._end_question()
 
-    def _shared_question_blocks(self) -> torch.Tensor | None:
-        """[S] the ``question_shared`` blocks the question's attention favours over all layers and KV heads
-        and the ``question_exact`` ones its exactly weighed attention favours (see
-        :func:`~infllm_cli.memory.selection.pooled_question_blocks`; a block in both lists is pinned once),
-        or None when both are off."""
+    def _end_question(self) -> list[torch.Tensor]:
+        """Every layer's pins for the question just ranked (:meth:`LayerMemory.end_question`). The question mass
+        pooled over all layers and KV heads is computed once: it picks the ``question_shared`` blocks and the
+        ``question_neighbor_rank`` blocks that a question block's neighbour must be among (the other half of a
+        fact cut by a block boundary draws the question too; the text around a whole fact does not)."""
         kept = [m for m in self.memories if m.question_scores is not None and m.keep_blocks]
-        if not kept:
-            return None
+        gate = self.config.question_neighbors > 0 and self.config.question_neighbor_rank > 0
+        pooled = None
+        if kept and (self.config.question_shared > 0 or gate):
+            pooled = pooled_question_mass([m.question_scores for m in kept])
+        near = favoured_blocks(pooled, self.config.question_neighbor_rank) if pooled is not None and gate else None
+        shared = self._shared_question_blocks(kept, pooled)
+        return [m.end_question(shared, near) for m in self.memories]
+
+    def _shared_question_blocks(self, kept: list[LayerMemory], pooled: torch.Tensor | None) -> torch.Tensor | None:
+        """[S] the ``question_shared`` blocks with the most question mass ``pooled`` over the ``kept`` layers (see
+        :func:`~infllm_cli.memory.selection.pooled_question_mass`) and the ``question_exact`` ones its exactly
+        weighed attention favours (a block in both lists is pinned once), or None when both are off."""
         picks = []
-        if self.config.question_shared > 0:
-            picks.append(pooled_question_blocks([m.question_scores for m in kept], self.config.question_shared))
-        if self.config.question_exact > 0:
-            picks.append(pooled_question_blocks([m.question_exact_scores for m in kept], self.config.question_exact))
+        if pooled is not None and self.config.question_shared > 0:
+            picks.append(best_blocks(pooled, self.config.question_shared))
+        if kept and self.config.question_exact > 0:
+            exact = pooled_question_mass([m.question_exact_scores for m in kept])
+            picks.append(best_blocks(exact, self.config.question_exact))
         return torch.cat(picks) if picks else None
-
-    def _neighbour_candidates(self) -> torch.Tensor | None:
-        """[n] bool: the ``question_neighbor_rank`` blocks the question's attention favours over all layers and
-        KV heads, the only ones a question block's neighbour is pinned from (the other half of a fact cut by a
-        block boundary draws the question too; the text around a whole fact does not); None when every
-        neighbour is pinned (``question_neighbor_rank`` 0) or none is (``question_neighbors`` 0)."""
-        kept = [m for m in self.memories if m.question_scores is not None and m.keep_blocks]
-        if not kept or self.config.question_neighbors == 0 or self.config.question_neighbor_rank == 0:
-            return None
-        return favoured_blocks([m.question_scores for m in kept], self.config.question_neighbor_rank)
 
     def pin_question_blocks(self) -> None:
         """Pin the blocks found by the last :meth:`ranking_question`."""

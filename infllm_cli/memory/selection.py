@@ -153,22 +153,21 @@ def pooled_question_mass(masses: list[torch.Tensor]) -> torch.Tensor:
     return pooled
 
 
-def pooled_question_blocks(masses: list[torch.Tensor], k: int) -> torch.Tensor:
-    """The ``k`` blocks with the most :func:`pooled_question_mass`: [min(k, n)] int64. Pinned in every layer
-    and head, such a block is read by the heads that would not have found it themselves (the heads that copy
-    are not always the heads that match the question)."""
-    pooled = pooled_question_mass(masses)
+def best_blocks(pooled: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` blocks with the most :func:`pooled_question_mass` ``pooled`` [n]: [min(k, n)] int64. Pinned
+    in every layer and head (``question_shared``, ``question_exact``), such a block is read by the heads that
+    would not have found it themselves (the heads that copy are not always the heads that match the
+    question)."""
     if k <= 0 or pooled.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=masses[0].device)
+        return torch.zeros(0, dtype=torch.long, device=pooled.device)
     return torch.topk(pooled, min(k, pooled.numel())).indices
 
 
-def favoured_blocks(masses: list[torch.Tensor], k: int) -> torch.Tensor:
-    """[n] bool: the ``k`` blocks with the most :func:`pooled_question_mass` (``question_neighbor_rank``: the
-    only blocks a question block's neighbour may be)."""
-    pooled = pooled_question_mass(masses)
+def favoured_blocks(pooled: torch.Tensor, k: int) -> torch.Tensor:
+    """[n] bool: the :func:`best_blocks` ``k`` of ``pooled`` [n] (``question_neighbor_rank``: the only blocks a
+    question block's neighbour may be)."""
     mask = torch.zeros(pooled.numel(), dtype=torch.bool, device=pooled.device)
-    mask[torch.topk(pooled, min(k, pooled.numel())).indices] = True
+    mask[best_blocks(pooled, k)] = True
     return mask
 
 
@@ -225,7 +224,8 @@ def bound_queries(q: torch.Tensor) -> torch.Tensor:
     return torch.cat([q.clamp(min=0), q.clamp(max=0)], dim=-1)
 
 
-def widen_and_dedupe(idx: torch.Tensor, neighbors: int, n_blocks: int, near: torch.Tensor | None = None) -> torch.Tensor:
+def widen_and_dedupe(idx: torch.Tensor, neighbors: int, n_blocks: int,
+                     near: torch.Tensor | None = None) -> torch.Tensor:
     """Add ``neighbors`` blocks on each side of every index of ``idx`` [Hkv, K] (-1 = empty, ignored), only
     those that ``near`` [>= n_blocks] bool allows when given; drop out-of-range and repeated indices (-1 in
     their place), ascending valid indices per row."""
@@ -236,8 +236,8 @@ def widen_and_dedupe(idx: torch.Tensor, neighbors: int, n_blocks: int, near: tor
         wide = (idx[:, :, None] + offsets).reshape(idx.shape[0], -1)
         valid = (idx[:, :, None] >= 0).expand(-1, -1, len(offsets)).reshape(idx.shape[0], -1)
         keep = valid & (wide >= 0) & (wide < n_blocks)
-        if near is not None and n_blocks > 0:
-            centre = (offsets == 0)[None, None, :].expand(idx.shape[0], idx.shape[1], -1).reshape(idx.shape[0], -1)
+        if near is not None and n_blocks > 0:  # the centres stay; a neighbour only where ``near`` allows it
+            centre = (offsets == 0).repeat(idx.shape[1])[None]
             keep &= centre | near.to(idx.device)[wide.clamp(0, n_blocks - 1)]
         idx = torch.where(keep, wide, -1)
     idx = idx.sort(dim=1).values
